@@ -1,0 +1,3 @@
+"""`spotrun` commands: check."""
+
+from spotrun.cli.app import app  # noqa: F401

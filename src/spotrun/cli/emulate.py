@@ -1,0 +1,3 @@
+"""`spotrun` commands: emulate."""
+
+from spotrun.cli.app import app  # noqa: F401
