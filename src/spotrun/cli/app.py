@@ -9,7 +9,7 @@ app = typer.Typer(
         "Start with `spotrun demo` to watch a job survive reclaims on your laptop."
     ),
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

@@ -1,0 +1,173 @@
+"""Virtual-time simulator: replay a job through one or more zones' traces under a policy.
+
+The model is the *Can't Be Late* one, on the trace's tick grid: spot capacity seen at tick i
+holds for that whole tick; a reclaim happens at a tick boundary; every launch of a new
+instance (after a reclaim, a zone hop, a spot/on-demand switch) pays the changeover delay d
+at that instance's price before making progress. d is counted in whole ticks (rounded, at
+least one) so that the omniscient optimum can be computed exactly on the same grid.
+Billing is per second; the last tick is billed up to the moment the job finishes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from spotrun.market.policy import IDLE, IDLE_KIND, ON_DEMAND_KIND, SPOT_KIND, JobSpec, Observation, Policy
+from spotrun.market.trace import Trace
+
+
+def changeover_ticks(changeover_s: float, gap_s: float) -> int:
+    """The changeover delay on the tick grid: rounded to whole ticks, at least one."""
+    return max(1, round(changeover_s / gap_s))
+
+
+@dataclass(frozen=True, eq=False)
+class Market:
+    """Aligned traces of one or more zones: the spot market a job can use."""
+
+    traces: tuple[Trace, ...]
+    gap_s: float
+    available: np.ndarray  # (ticks, zones) bool
+    spot_prices: np.ndarray | None  # (ticks, zones) $/h, None = the job's spot price everywhere
+
+    @classmethod
+    def of(cls, traces: Sequence[Trace]) -> Market:
+        if not traces:
+            raise ValueError("a market needs at least one trace")
+        gaps = {t.gap_s for t in traces}
+        if len(gaps) > 1:
+            raise ValueError(
+                "zones in one market must share a tick; got gap_seconds "
+                + ", ".join(f"{t.name}={t.gap_s:g}" for t in traces)
+            )
+        n = min(t.ticks for t in traces)
+        available = np.stack([t.available[:n] for t in traces], axis=1)
+        prices = None
+        if any(t.prices is not None for t in traces):
+            prices = np.stack([t.prices[:n] if t.prices is not None else np.full(n, np.nan) for t in traces], axis=1)
+        return cls(tuple(traces), gaps.pop(), available, prices)
+
+    @property
+    def name(self) -> str:
+        return "+".join(t.name for t in self.traces)
+
+    @property
+    def ticks(self) -> int:
+        return self.available.shape[0]
+
+    @property
+    def zones(self) -> int:
+        return self.available.shape[1]
+
+    def window_ticks(self, job: JobSpec) -> int:
+        """Ticks from a start to the deadline; raises when the trace is shorter than that."""
+        n = math.ceil(job.deadline_s / self.gap_s - 1e-9)
+        if n > self.ticks:
+            raise ValueError(
+                f"trace {self.name} covers {self.ticks * self.gap_s / 3600:.1f}h, shorter than the "
+                f"deadline {job.deadline_s / 3600:g}h: use a longer trace or a shorter job"
+            )
+        return n
+
+    def prices_at(self, job: JobSpec) -> np.ndarray:
+        """(ticks, zones) spot $/h with the job's spot price wherever the trace has none."""
+        if self.spot_prices is None:
+            return np.full(self.available.shape, job.spot_price)
+        return np.where(np.isnan(self.spot_prices), job.spot_price, self.spot_prices)
+
+    def random_starts(self, job: JobSpec, count: int, seed: int) -> np.ndarray:
+        last = self.ticks - self.window_ticks(job)
+        return np.random.default_rng(seed).integers(0, last + 1, size=count)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    policy: str
+    market: str
+    start_tick: int
+    cost: float  # $
+    spot_s: float  # billed seconds on spot (changeovers included)
+    on_demand_s: float
+    spot_work_s: float  # compute done on spot (changeovers excluded): the paper's "spot hours"
+    on_demand_work_s: float
+    finish_s: float  # time from the start to the job's end
+    met_deadline: bool
+    changeovers: int
+    preemptions: int | None  # None where not tracked (the optimum)
+
+    @property
+    def spot_hours(self) -> float:
+        """Hours of the job's compute done on spot (Table 3 of the paper counts these)."""
+        return self.spot_work_s / 3600
+
+    @property
+    def on_demand_hours(self) -> float:
+        return self.on_demand_work_s / 3600
+
+
+def simulate(policy: Policy, job: JobSpec, market: Market, start: int = 0) -> RunResult:
+    """Run `job` from tick `start` under `policy`; a miss is finished on on-demand past the deadline."""
+    g = market.gap_s
+    d = changeover_ticks(job.changeover_s, g) * g
+    n = market.window_ticks(job)
+    if not 0 <= start <= market.ticks - n:
+        raise ValueError(
+            f"start ticks must be within 0..{market.ticks - n} in trace {market.name} to leave the deadline"
+        )
+    rows = [tuple(r) for r in market.available[start : start + n].tolist()]
+    price_rows = [tuple(r) for r in market.prices_at(job)[start : start + n].tolist()]
+    od_price = job.on_demand_price
+    policy.reset(job)
+    remaining, state, overhead = job.compute_s, IDLE, 0.0
+    cost = spot_s = od_s = spot_work = od_work = 0.0
+    changeovers = preemptions = 0
+    finish = None
+    for i in range(n):
+        t = i * g
+        avail = rows[i]
+        if state.kind == SPOT_KIND and not avail[state.zone]:
+            state, overhead = IDLE, 0.0
+            preemptions += 1
+        obs = Observation(t, remaining, job.deadline_s - t, d, state, avail, price_rows[i], od_price, g, overhead)
+        choice = policy.decide(obs)
+        if choice.kind == SPOT_KIND and not avail[choice.zone]:
+            choice = IDLE  # no capacity: the launch fails and the job waits
+        if choice != state:
+            overhead = 0.0 if choice.kind == IDLE_KIND else d
+            changeovers += choice.kind != IDLE_KIND
+            state = choice
+        if state.kind == IDLE_KIND:
+            continue
+        paid = min(overhead, g)
+        overhead -= paid
+        work = min(g - paid, remaining)
+        remaining -= work
+        billed = paid + work if remaining <= 0 else g
+        if remaining <= 0:
+            finish = t + billed
+        if state.kind == ON_DEMAND_KIND:
+            od_s += billed
+            od_work += work
+            cost += od_price * billed / 3600
+        else:
+            spot_s += billed
+            spot_work += work
+            cost += price_rows[i][state.zone] * billed / 3600
+        if finish is not None:
+            break
+    if finish is None:  # missed: finish on on-demand after the deadline so costs stay comparable
+        extra = remaining + (overhead if state.kind == ON_DEMAND_KIND else d)
+        od_s += extra
+        od_work += remaining
+        cost += od_price * extra / 3600
+        finish = n * g + extra
+    return RunResult(
+        policy=policy.name, market=market.name, start_tick=int(start), cost=cost,
+        spot_s=spot_s, on_demand_s=od_s, spot_work_s=spot_work, on_demand_work_s=od_work,
+        finish_s=finish, met_deadline=finish <= job.deadline_s + 1e-6,
+        changeovers=changeovers, preemptions=preemptions,
+    )

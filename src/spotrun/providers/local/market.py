@@ -1,0 +1,138 @@
+"""The local spot market: when a spot instance on this machine gets its reclaim notice.
+
+Every decision is made once, at launch, and handed to the instance launcher as one absolute
+time (`notice_at`), so reclaims keep happening on schedule while the controller is down.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spotrun.sdk.atomic import save_atomic
+
+if TYPE_CHECKING:
+    from spotrun.market.trace import Trace
+
+CLOUDS = ("aws", "gcp", "azure")
+
+# The clouds' own notice lead times (reference/notices.md §0).
+CLOUD_LEAD_S = {"aws": 120.0, "gcp": 30.0, "azure": 30.0}
+
+DEFAULT_ZONE = "local-a"
+
+# Used when the market's price table does not know the type: the paper's p3.2xlarge prices.
+DEFAULT_PRICES = (0.918, 3.06)
+
+
+@dataclass(frozen=True)
+class MarketConfig:
+    """How the local market reclaims spot instances; on-demand instances are never reclaimed.
+
+    Reclaims come from exponential lifetimes (`mean_lifetime_s`, reproducible with `seed`),
+    from availability traces (`trace`: a file or bundled trace name for every zone, or a
+    zone -> trace mapping; a trace loops when it runs out), and from
+    `LocalProvider.interrupt`; combine them freely.
+    """
+
+    cloud: str = "aws"  # whose metadata endpoint and notice lead time instances imitate
+    lead_s: float | None = None  # notice lead time; None: the cloud's own (AWS 120 s, GCP/Azure 30 s)
+    mean_lifetime_s: float | None = None
+    seed: int | None = None
+    trace: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]] | None = None
+    time_scale: float = 1.0  # wall seconds per trace second: 1/600 plays a 600 s tick in 1 s
+    trace_epoch: float | None = None  # wall time of tick 0; None: fixed under the provider root
+    zone: str | None = None  # used when a launch names none; default the trace's first zone
+    _traces: dict[str, Trace] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.cloud not in CLOUDS:
+            raise ValueError(f"unknown cloud {self.cloud!r}: choose one of {', '.join(CLOUDS)}")
+        if self.lead_s is not None and self.lead_s < 0:
+            raise ValueError(f"lead_s must be >= 0, not {self.lead_s}")
+        if self.mean_lifetime_s is not None and self.mean_lifetime_s <= 0:
+            raise ValueError(f"mean_lifetime_s must be > 0, not {self.mean_lifetime_s}")
+        if self.time_scale <= 0:
+            raise ValueError(f"time_scale must be > 0, not {self.time_scale}")
+        if self.trace is not None:
+            from spotrun.market.trace import load_trace  # numpy: only when traces are used
+
+            paths = self.trace if isinstance(self.trace, Mapping) else {"*": self.trace}
+            self._traces.update({zone: load_trace(p) for zone, p in paths.items()})
+
+    @property
+    def notice_lead_s(self) -> float:
+        return CLOUD_LEAD_S[self.cloud] if self.lead_s is None else self.lead_s
+
+    def default_zone(self) -> str:
+        if self.zone:
+            return self.zone
+        return next((z for z in self._traces if z != "*"), DEFAULT_ZONE)
+
+    def _trace_for(self, zone: str) -> Trace | None:
+        return self._traces.get(zone) or self._traces.get("*")
+
+    def _tick_s(self, trace: Trace) -> float:
+        return trace.gap_s * self.time_scale
+
+    def available(self, zone: str, now: float, epoch: float) -> bool:
+        """Whether a spot launch in `zone` is possible at wall time `now`."""
+        trace = self._trace_for(zone)
+        if trace is None:
+            return True
+        return bool(trace.available[math.floor((now - epoch) / self._tick_s(trace)) % trace.ticks])
+
+    def notice_at(self, token: str, zone: str, now: float, epoch: float) -> float | None:
+        """Wall time a spot instance launched now gets its reclaim notice; None: never."""
+        times = []
+        if self.mean_lifetime_s is not None:
+            # Seeded per token: the same launch draws the same lifetime in any order or process.
+            rng = random.Random(f"{self.seed}:{token}") if self.seed is not None else random.Random()
+            times.append(now + rng.expovariate(1.0 / self.mean_lifetime_s))
+        trace = self._trace_for(zone)
+        if trace is not None:
+            import numpy as np
+
+            tick_s = self._tick_s(trace)
+            first = math.floor((now - epoch) / tick_s)
+            ahead = np.roll(trace.available, -(first % trace.ticks))  # ticks from now on, looped
+            gaps = np.flatnonzero(~ahead)
+            if gaps.size:
+                times.append(max(now, epoch + (first + int(gaps[0])) * tick_s))
+        return min(times, default=None)
+
+    def epoch(self, root: Path) -> float:
+        """Tick 0's wall time, fixed once per provider root so a restarted controller agrees."""
+        if self.trace_epoch is not None:
+            return self.trace_epoch
+        path = root / "market-epoch.json"
+        if not path.exists():
+            # Link, not rename: of two controllers starting at once, the first one's epoch wins.
+            tmp = save_atomic(root / f".market-epoch.{os.getpid()}", json.dumps({"trace_epoch": time.time()}))
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return float(json.loads(path.read_text())["trace_epoch"])
+
+
+def prices(cloud: str, instance_type: str | None) -> tuple[float, float]:
+    """(spot, on-demand) $/h from the market's price table; a local instance may have no type
+    or one the table does not know, and then costs the default, so accounting never fails."""
+    from spotrun.market.prices import lookup
+
+    if instance_type is None:
+        return DEFAULT_PRICES
+    try:
+        return lookup(cloud, instance_type)
+    except KeyError:
+        return DEFAULT_PRICES

@@ -1,0 +1,163 @@
+"""Each policy's rules, and the optimum as a bound: exact against brute force, below every policy."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from spotrun.market.policies import ONLINE, make
+from spotrun.market.policies.optimum import solve
+from spotrun.market.policy import IDLE, ON_DEMAND, JobSpec, Observation, is_safe, spot
+from spotrun.market.sim import Market, simulate
+from spotrun.market.trace import resolve, synthetic
+from tests.market.helpers import Script, market
+
+G = 600.0
+
+
+def obs(job: JobSpec, t: float, done: float, state=IDLE, available=(True,), overhead=0.0) -> Observation:
+    return Observation(t, job.compute_s - done, job.deadline_s - t, job.changeover_s, state, available,
+                       (job.spot_price,) * len(available), job.on_demand_price, G, overhead)
+
+
+def test_greedy_waits_for_spot_without_on_demand():
+    job = JobSpec(1800, 7200, G)
+    r = simulate(make("greedy"), job, market([0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1]))
+    assert r.on_demand_s == 0 and r.spot_work_s == 1800
+    assert r.finish_s == 7 * G  # 3 idle ticks, 1 changeover, 3 of work
+
+
+def test_safety_net_moves_to_on_demand_at_the_last_safe_tick():
+    job = JobSpec(1800, 3600, G)
+    r = simulate(make("greedy"), job, market([0] * 8))
+    assert r.met_deadline and r.finish_s == 3600  # idled 2 ticks, on-demand just in time
+    assert r.on_demand_s == 2400
+    # adaptive keeps a reserve of slack, so it goes on-demand earlier, never later
+    assert simulate(make("adaptive"), job, market([0] * 8)).finish_s <= 3600
+
+
+def test_greedy_stays_on_demand_for_good():
+    job = JobSpec(1800, 3600, G)
+    r = simulate(make("greedy"), job, market([0, 0, 0, 1, 1, 1, 1, 1]))
+    assert r.spot_s == 0 and r.changeovers == 1
+
+
+def test_is_safe_is_the_exact_safety_net():
+    job = JobSpec(1800, 3600, G)
+    assert is_safe(obs(job, 600, 0), IDLE)  # 3000 - 600 >= 1800 + 600
+    assert not is_safe(obs(job, 1200, 0), IDLE)
+    assert not is_safe(obs(job, 1200, 0), spot(0))  # a new spot instance makes no progress this tick
+    assert is_safe(obs(job, 1200, 0), ON_DEMAND)
+
+
+def test_up_catches_up_on_demand_when_behind():
+    up = make("up")
+    job = JobSpec(48 * 3600, 60 * 3600, 0.2 * 3600)
+    up.reset(job)
+    # 10 h in, nothing done, no spot: behind ep(t) = 8 h, so on-demand
+    assert up.decide(obs(job, 10 * 3600, 0, available=(False,))) == ON_DEMAND
+    # ahead of the line and no spot: wait
+    assert up.decide(obs(job, 10 * 3600, 9 * 3600, available=(False,))) == IDLE
+    # spot is taken even when behind (Taking Risks)
+    assert up.decide(obs(job, 10 * 3600, 0, available=(True,))) == spot(0)
+
+
+def test_up_hysteresis_keeps_on_demand_until_ahead_by_2d():
+    up = make("up")
+    job = JobSpec(48 * 3600, 60 * 3600, 0.2 * 3600)
+    up.reset(job)
+    t = 10 * 3600  # ep(t) = 8 h; ep(t + 2d) = 8.32 h
+    assert up.decide(obs(job, t, 8.2 * 3600, state=ON_DEMAND)) == ON_DEMAND
+    assert up.decide(obs(job, t, 8.4 * 3600, state=ON_DEMAND)) == spot(0)
+    assert up.decide(obs(job, t, 8.4 * 3600, state=ON_DEMAND, available=(False,))) == ON_DEMAND
+
+
+def test_up_deadline_check_in_ticks():
+    up = make("up")
+    job = JobSpec(1800, 3600, G)
+    up.reset(job)
+    # 1800 s left, 1200 s of work: ceil((1200 + 2*600)/600)*600 = 2400 >= 1800 -> on-demand from idle
+    assert up.decide(obs(job, 1800, 600, available=(True,))) == ON_DEMAND
+    # on spot past its changeover it may stay even then
+    assert up.decide(obs(job, 1800, 600, state=spot(0), available=(True,))) == spot(0)
+
+
+def test_adaptive_hops_zones_and_leaves_on_demand_only_for_long_spot():
+    ad = make("adaptive")
+    job = JobSpec(48 * 3600, 60 * 3600, 0.2 * 3600)
+    ad.reset(job)
+    assert ad.decide(obs(job, 0, 0, available=(False, True))) == spot(1)
+    ad.reset(job)
+    # with 12 h of slack on on-demand and spot seen lasting (prior 3 h > 2kd/(k-1)), it takes spot
+    assert ad.decide(obs(job, 0, 0, state=ON_DEMAND, available=(True,))) == spot(0)
+    ad.reset(job)
+    for i in range(40):  # spot that keeps vanishing after one 10-minute tick
+        ad.decide(obs(job, i * G, 0, state=ON_DEMAND, available=(i % 2 == 0,)))
+    assert ad.lifetime_s(0) < 2 * job.k * job.changeover_s / (job.k - 1)
+    assert ad.decide(obs(job, 40 * G, 0, state=ON_DEMAND, available=(True,))) == ON_DEMAND
+
+
+def brute_force(job: JobSpec, m: Market, start: int = 0) -> float:
+    n = m.window_ticks(job)
+    choices = [IDLE, ON_DEMAND] + [spot(z) for z in range(m.zones)]
+    best = np.inf
+    for plan in itertools.product(choices, repeat=n):
+        r = simulate(Script(plan), job, m, start)
+        if r.met_deadline:
+            best = min(best, r.cost)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_optimum_equals_brute_force_on_tiny_traces(seed):
+    rng = np.random.default_rng(seed)
+    zones = 1 + seed % 2
+    m = market(*[rng.integers(0, 2, 8).tolist() for _ in range(zones)])
+    compute = [900.0, 1200.0, 1500.0][seed % 3]
+    job = JobSpec(compute, 3000.0 if zones == 1 else 2400.0, G)
+    (opt,) = solve(job, m, np.array([0]))
+    assert opt.cost == pytest.approx(brute_force(job, m))
+    assert opt.met_deadline and opt.finish_s <= job.deadline_s
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_optimum_bounds_every_policy_and_nobody_misses(seed):
+    rng = np.random.default_rng(100 + seed)
+    zones = 1 + seed % 3
+    traces = [synthetic(hours=60, gap_s=G, availability=float(rng.uniform(0.1, 0.95)),
+                        mean_lifetime_s=float(rng.uniform(0.3, 5)) * 3600, seed=seed * 10 + z) for z in range(zones)]
+    m = Market.of(traces)
+    job = JobSpec(compute_s=float(rng.uniform(4, 12)) * 3600, deadline_s=16 * 3600,
+                  changeover_s=float(rng.choice([G, 2 * G])))
+    starts = m.random_starts(job, 12, seed)
+    opt = solve(job, m, starts)
+    for name in ONLINE:
+        for o, s in zip(opt, starts):
+            r = simulate(make(name), job, m, int(s))
+            assert r.met_deadline, (name, s)
+            assert o.cost <= r.cost + 1e-9, (name, s)
+            assert o.finish_s <= job.deadline_s
+    # the optimum's accounting is the simulator's: its hours add up to compute + changeovers
+    for o in opt:
+        g_d = round(job.changeover_s / G) * G
+        assert o.spot_s + o.on_demand_s == pytest.approx(job.compute_s + o.changeovers * g_d)
+        assert o.spot_work_s + o.on_demand_work_s == pytest.approx(job.compute_s)
+
+
+@pytest.mark.parametrize("spec", ["aws-10-26-2022/*", "aws-02-15-2023/us-east-1a_v100_1", "aws-08-27-2023/*"])
+def test_adaptive_never_misses_on_real_traces(spec):
+    job = JobSpec(48 * 3600, 60 * 3600, 0.2 * 3600)
+    policy = make("adaptive")
+    for t in resolve([spec]):
+        m = Market.of([t])
+        for s in m.random_starts(job, 8, 1):
+            assert simulate(policy, job, m, int(s)).met_deadline
+
+
+def test_adaptive_never_misses_across_zones_with_tight_deadlines():
+    job = JobSpec(48 * 3600, 50 * 3600, 0.2 * 3600)
+    m = Market.of(resolve(["aws-02-15-2023/*"]))
+    policy = make("adaptive")
+    for s in m.random_starts(job, 6, 2):
+        r = simulate(policy, job, m, int(s))
+        assert r.met_deadline

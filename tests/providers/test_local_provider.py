@@ -1,0 +1,198 @@
+"""LocalProvider end to end: real launcher processes, the real agent, the AWS emulator over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from spotrun.providers.base import InstanceState, LaunchRefused
+from spotrun.providers.local import MarketConfig
+
+from .conftest import instance_processes, processes, request, wait_state, wait_until
+
+# A job that says it is ready, then copies the agent's notice file to $MARK when signalled.
+SAVE_ON_NOTICE = (
+    'trap \'cat "$SPOTRUN_NOTICE_FILE" > "$MARK.tmp" && mv "$MARK.tmp" "$MARK"; exit 0\' TERM; '
+    "echo ready; while true; do sleep 0.05; done"
+)
+
+
+async def test_runs_setup_and_command_in_a_copy_of_workdir(make_provider, tmp_path: Path) -> None:
+    provider = make_provider()
+    workdir = tmp_path / "src"
+    workdir.mkdir()
+    (workdir / "input.txt").write_text("from-workdir")
+    instance = await provider.launch(
+        request(
+            "t-exit",
+            run='echo "$(cat input.txt) $(cat setup.txt) $GREETING"; touch made-by-job; exit 3',
+            setup="echo setup-ran > setup.txt",
+            workdir=str(workdir),
+            env={"GREETING": "hello"},
+        )
+    )
+    assert instance.state in (InstanceState.PENDING, InstanceState.RUNNING)
+    done = await wait_state(provider, instance.id, InstanceState.EXITED)
+    assert done.returncode == 3
+    assert "from-workdir setup-ran hello" in Path(done.log_path).read_text()
+    assert (provider.scratch_dir(instance.id) / "work" / "made-by-job").exists()  # kept until terminate
+    assert not (workdir / "made-by-job").exists()  # the job ran on the instance's own copy
+    await provider.terminate(instance.id)
+    after = await provider.query(instance.id)
+    assert (after.state, after.returncode) == (InstanceState.EXITED, 3)
+    assert not provider.scratch_dir(instance.id).exists()
+
+
+async def test_launch_is_idempotent_on_the_token(make_provider) -> None:
+    provider = make_provider()
+    first, second = await asyncio.gather(
+        provider.launch(request("t-same", "sleep 600")), provider.launch(request("t-same", "sleep 600"))
+    )
+    assert first.id == second.id
+    await wait_state(provider, first.id, InstanceState.RUNNING)
+    again = await provider.launch(request("t-same", "sleep 600"))
+    assert again.id == first.id
+    assert len(await provider.list_instances()) == 1
+    launchers = [p for p in instance_processes(first.id) if "spotrun.providers.local.instance" in p]
+    assert len(launchers) == 1, launchers
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "azure"])
+async def test_interrupt_reaches_the_job_and_reclaims_the_instance(make_provider, tmp_path: Path, cloud: str) -> None:
+    provider = make_provider(MarketConfig(cloud=cloud))
+    mark = tmp_path / "notice-seen.json"
+    instance = await provider.launch(request("t-int", SAVE_ON_NOTICE, env={"MARK": str(mark)}))
+    running = await wait_state(provider, instance.id, InstanceState.RUNNING)
+    await wait_until(lambda: "ready" in Path(running.log_path).read_text(), "the job to start")
+
+    await provider.interrupt(instance.id, lead_s=60)
+    reclaimed = await wait_state(provider, instance.id, InstanceState.RECLAIMED)
+
+    notice = json.loads(mark.read_text())
+    assert notice["provider"] == cloud and notice["kind"] == "reclaim"
+    assert reclaimed.returncode == 75  # the agent: stopped by a notice, resume me
+    assert not provider.scratch_dir(instance.id).exists()  # the disk went with the machine
+    assert "ready" in Path(reclaimed.log_path).read_text()  # the log did not
+    await wait_until(lambda: instance_processes(instance.id) == [], "the launcher to exit")
+
+
+async def test_reclaim_deadline_kills_a_job_that_ignores_the_notice(make_provider) -> None:
+    provider = make_provider()
+    run = "trap '' TERM; echo stubborn; while true; do sleep 0.05; done"
+    instance = await provider.launch(request("t-stubborn", run, agent_args=("--kill-margin", "0s")))
+    running = await wait_state(provider, instance.id, InstanceState.RUNNING)
+    await wait_until(lambda: "stubborn" in Path(running.log_path).read_text(), "the job to start")
+    await provider.interrupt(instance.id, lead_s=1)
+    reclaimed = await wait_state(provider, instance.id, InstanceState.RECLAIMED)
+    assert reclaimed.returncode in (75, None)  # the agent's SIGKILL or ours at the deadline
+    await wait_until(lambda: instance_processes(instance.id) == [], "the launcher to exit")
+
+
+async def test_rate_market_reclaims_spot_but_never_on_demand(make_provider, tmp_path: Path) -> None:
+    provider = make_provider(MarketConfig(mean_lifetime_s=0.5, seed=7, lead_s=60))
+    mark = tmp_path / "mark"
+    spot = await provider.launch(request("t-spot", SAVE_ON_NOTICE, env={"MARK": str(mark)}))
+    on_demand = await provider.launch(request("t-od", "sleep 3; echo finished", spot=False))
+    reclaimed = await wait_state(provider, spot.id, InstanceState.RECLAIMED)
+    assert reclaimed.returncode == 75
+    finished = await wait_state(provider, on_demand.id, InstanceState.EXITED)
+    assert finished.returncode == 0 and "finished" in Path(finished.log_path).read_text()
+    assert provider.prices(None, None) == (reclaimed.price_per_hour, finished.price_per_hour)
+
+
+def write_trace(path: Path, data: list[int], gap_seconds: int = 600) -> Path:
+    path.write_text(json.dumps({"metadata": {"gap_seconds": gap_seconds}, "data": data}))
+    return path
+
+
+async def test_trace_market_refuses_spot_launches_while_unavailable(make_provider, tmp_path: Path) -> None:
+    trace = write_trace(tmp_path / "us-west-2a.json", [0, 0, 0])
+    provider = make_provider(MarketConfig(trace={"us-west-2a": trace}))
+    with pytest.raises(LaunchRefused, match="us-west-2a"):
+        await provider.launch(request("t-refused", "true"))
+    assert await provider.list_instances() == []
+    on_demand = await provider.launch(request("t-od", "true", spot=False))
+    assert (await wait_state(provider, on_demand.id, InstanceState.EXITED)).zone == "us-west-2a"
+
+
+async def test_trace_market_reclaims_when_the_zone_loses_capacity(make_provider, tmp_path: Path) -> None:
+    # A 600 s tick played in 1 s; capacity for the first tick, then none.
+    trace = write_trace(tmp_path / "zone.json", [1, 0, 1])
+    provider = make_provider(MarketConfig(trace=trace, time_scale=1 / 600, lead_s=60))
+    mark = tmp_path / "mark"
+    instance = await provider.launch(request("t-trace", SAVE_ON_NOTICE, env={"MARK": str(mark)}))
+    reclaimed = await wait_state(provider, instance.id, InstanceState.RECLAIMED)
+    assert reclaimed.returncode in (75, None)  # None: reclaimed before the agent started
+
+
+async def test_terminate_leaves_no_process_behind(make_provider) -> None:
+    provider = make_provider()
+    # A grandchild in a session of its own, which no process-group kill would reach.
+    run = "setsid sleep 7771 & sleep 7772 & echo spawned; wait"
+    instance = await provider.launch(request("t-term", run))
+    running = await wait_state(provider, instance.id, InstanceState.RUNNING)
+    await wait_until(lambda: "spawned" in Path(running.log_path).read_text(), "the job to start")
+    await wait_until(lambda: len(processes("sleep 777", starting=True)) == 2, "both sleeps")
+    await provider.terminate(instance.id)
+    assert (await provider.query(instance.id)).state == InstanceState.TERMINATED
+    assert processes("sleep 777", starting=True) == []
+    assert instance_processes(instance.id) == []
+    assert not provider.scratch_dir(instance.id).exists()
+    await provider.terminate(instance.id)  # idempotent
+    await provider.terminate("local-never-launched")
+
+
+async def test_a_new_provider_object_sees_earlier_instances(make_provider) -> None:
+    first = make_provider()
+    long = await first.launch(request("t-long", "sleep 600", job_id="job-a"))
+    short = await first.launch(request("t-short", "exit 4", job_id="job-b"))
+    del first  # the controller went away; its instances did not
+
+    restarted = make_provider()
+    assert {i.id for i in await restarted.list_instances()} == {long.id, short.id}
+    assert [i.id for i in await restarted.list_instances(job_id="job-a")] == [long.id]
+    assert (await wait_state(restarted, short.id, InstanceState.EXITED)).returncode == 4
+    await wait_state(restarted, long.id, InstanceState.RUNNING)
+    await restarted.terminate(long.id)
+    assert (await restarted.query(long.id)).state == InstanceState.TERMINATED
+
+
+async def test_a_dead_launcher_means_a_gone_instance_and_no_orphans(make_provider) -> None:
+    provider = make_provider()
+    instance = await provider.launch(request("t-crash", "echo job-is-up; sleep 600"))
+    running = await wait_state(provider, instance.id, InstanceState.RUNNING)
+    await wait_until(lambda: "job-is-up" in Path(running.log_path).read_text(), "the job to start")
+    launcher = json.loads((provider.root / "instances" / instance.id / "launcher.json").read_text())
+    os.kill(launcher["pid"], signal.SIGKILL)
+    gone = await wait_state(provider, instance.id, InstanceState.GONE)
+    assert gone.token == "t-crash"
+    assert instance_processes(instance.id) == []
+
+
+async def test_query_of_an_unknown_instance_is_gone(make_provider) -> None:
+    provider = make_provider()
+    assert (await provider.query("local-nope")).state == InstanceState.GONE
+    with pytest.raises(ValueError, match="no local instance"):
+        await provider.interrupt("local-nope")
+
+
+async def test_spot_above_the_max_price_is_refused(make_provider) -> None:
+    provider = make_provider()
+    spot, on_demand = provider.prices(None, None)
+    assert 0 < spot < on_demand
+    with pytest.raises(LaunchRefused, match="max price"):
+        await provider.launch(request("t-pricey", "true", max_price=spot / 2))
+    assert await provider.list_instances() == []
+
+
+async def test_on_demand_instances_cannot_be_interrupted(make_provider) -> None:
+    provider = make_provider()
+    instance = await provider.launch(request("t-od", "sleep 600", spot=False))
+    with pytest.raises(ValueError, match="on-demand"):
+        await provider.interrupt(instance.id)
+    assert (await provider.query(instance.id)).state in (InstanceState.PENDING, InstanceState.RUNNING)
