@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             loss = train_step(model, optimizer, scheduler, scaler)
             time.sleep(args.step_time)
             print(f"step {step} loss {loss:.6f}", flush=True)
+            spotrun.report_progress(step, loss=loss)
             if ckpt.maybe_save(step, every=args.every, extra={"loss": loss}):
                 print(f"notice: saved step {step}, exiting to resume elsewhere", flush=True)
                 return EXIT_RECLAIMED

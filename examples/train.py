@@ -57,6 +57,7 @@ def run(argv: list[str] | None = None, resume: bool = True) -> int:
         state["loss"] = sgd_step(state)
         time.sleep(args.step_time)
         print(f"step {step} loss {state['loss']:.6f}", flush=True)
+        spotrun.report_progress(step, loss=state["loss"])
         if spotrun.should_stop():
             spotrun.save(state, step=step)
             print(f"notice: saved step {step}, exiting to resume elsewhere", flush=True)

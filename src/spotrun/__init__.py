@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 from spotrun.sdk.atomic import atomic_write, save_atomic  # noqa: E402
 from spotrun.sdk.notice import notice, on_notice, should_stop  # noqa: E402
 from spotrun.sdk.checkpoint import attempt, checkpoint_dir, job_id, list_checkpoints, load_latest, save  # noqa: E402
+from spotrun.sdk.events import report_progress  # noqa: E402
 
 
 def __getattr__(name: str):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from spotrun.sdk.atomic import TMP_MARKER, atomic_write, fsync_dir
+from spotrun.sdk.events import emit
 
 DEFAULT_DIR = "checkpoints"
 DEFAULT_PREFIX = "ckpt"
@@ -120,6 +121,7 @@ def save(
     with atomic_write(path, "wb") as f:
         pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
     prune(root, keep, prefix)
+    emit("save", step=step)
     return path
 
 
@@ -132,4 +134,6 @@ def load_latest(
         return None
     step, path = found[-1]
     with open(path, "rb") as f:
-        return pickle.load(f), step
+        state = pickle.load(f)
+    emit("restore", step=step)
+    return state, step

@@ -27,6 +27,7 @@ import torch
 from spotrun.sdk.atomic import atomic_write
 from spotrun.notices.base import Notice
 from spotrun.sdk.checkpoint import attempt, checkpoint_dir, checkpoint_path, list_checkpoints, prune
+from spotrun.sdk.events import emit
 from spotrun.sdk.notice import on_notice, should_stop
 
 FORMAT_VERSION = 1
@@ -223,6 +224,7 @@ class Checkpointer:
         for name, obj in self._objects.items():  # model first: the optimizer's state maps onto it
             obj.load_state_dict(data["objects"][name])
         set_rng_state(data["rng"])
+        emit("restore", step=step)
         return ResumePoint(step=step, extra=data["extra"], path=path, attempt=data["attempt"])
 
     def save(self, step: int, extra: dict[str, Any] | None = None) -> Path:
@@ -247,15 +249,16 @@ class Checkpointer:
             }
         )
         if self._executor is None:
-            return self._write(staged, path)
-        self._pending = self._executor.submit(self._write, staged, path)
+            return self._write(staged, path, step)
+        self._pending = self._executor.submit(self._write, staged, path, step)
         return path
 
-    def _write(self, staged: Staged, path: Path) -> Path:
+    def _write(self, staged: Staged, path: Path, step: int) -> Path:
         tree = staged.ready()
         with atomic_write(path, "wb") as f:
             torch.save(tree, f)
         prune(self.dir, self.keep, self.prefix, EXT)
+        emit("save", step=step)
         return path
 
     def maybe_save(self, step: int, every: int | None = None, extra: dict[str, Any] | None = None) -> bool:

@@ -1,0 +1,266 @@
+"""The only module that talks to obstore: put, get, download, head, list, prefixes, delete.
+
+Keeping the storage interface this small (restic's backend idea) lets every store feature be
+tested against `file://` and an S3 server through the same code a user's bucket takes, and
+keeps obstore's exceptions from leaking: callers see `StoreUnavailable` with the URL in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from spotrun.store.errors import StoreError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
+
+SCHEMES = ("file", "s3", "gs", "az")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    last_modified: datetime
+
+
+def normalize_url(url: str) -> str:
+    """Accept a plain directory path as a `file://` URL, so `spotrun ckpt ls ./store` works."""
+    if "://" not in url:
+        return Path(url).expanduser().resolve().as_uri()
+    return url
+
+
+def _hint(scheme: str) -> str:
+    return {
+        "s3": "check the bucket name, AWS credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE / instance "
+        "role), AWS_DEFAULT_REGION and, for S3-compatible stores, ?endpoint=URL or AWS_ENDPOINT_URL",
+        "gs": "check the bucket name and Google credentials (GOOGLE_APPLICATION_CREDENTIALS or "
+        "the VM's service account)",
+        "az": "check the container and Azure credentials (AZURE_STORAGE_ACCOUNT_NAME / _KEY or a "
+        "managed identity)",
+        "file": "check that the directory exists and is writable",
+    }[scheme]
+
+
+class Backend:
+    """One object store at one URL; keys are relative to the URL's path."""
+
+    def __init__(
+        self, url: str, *, create: bool = False, retry_timeout_s: float | None = None, max_retries: int = 100
+    ):
+        from obstore.store import from_url
+
+        from spotrun.durations import parse_duration
+
+        if retry_timeout_s is None:  # how long to keep retrying an unreachable store
+            try:
+                retry_timeout_s = parse_duration(os.environ.get("SPOTRUN_STORE_RETRY_TIMEOUT", "60s"))
+            except ValueError as exc:
+                raise StoreError(f"SPOTRUN_STORE_RETRY_TIMEOUT: {exc}") from None
+
+        self.url = normalize_url(url)
+        parts = urlsplit(self.url)
+        self.scheme = parts.scheme
+        if self.scheme not in SCHEMES:
+            raise StoreError(
+                f"unsupported store URL {self.url!r}: use file:///path, s3://bucket/prefix, "
+                "gs://bucket/prefix or az://container/prefix"
+            )
+        options = dict(parse_qsl(parts.query))
+        base = parts._replace(query="").geturl()
+        retry = {
+            "max_retries": max_retries,
+            "retry_timeout": timedelta(seconds=retry_timeout_s),
+            "backoff": {
+                "init_backoff": timedelta(milliseconds=100),
+                "max_backoff": timedelta(seconds=5),
+                "base": 2,
+            },
+        }
+        kwargs: dict = {}
+        self.root: Path | None = None
+        if self.scheme == "file":
+            self.root = Path(unquote(parts.path))
+            if not create and not self.root.is_dir():
+                raise StoreError(f"no store at {self.url}: the directory {self.root} does not exist")
+            kwargs["mkdir"] = True
+        else:
+            endpoint = options.pop("endpoint", None) or (
+                os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+                if self.scheme == "s3"
+                else None
+            )
+            if endpoint:
+                kwargs["endpoint"] = endpoint
+            kwargs.update(options)  # e.g. ?region=eu-west-1
+            client = {"timeout": timedelta(seconds=120), "connect_timeout": timedelta(seconds=5)}
+            if endpoint and endpoint.startswith("http://"):
+                client["allow_http"] = True
+            kwargs["client_options"] = client
+            kwargs["retry_config"] = retry
+        try:
+            self._store = from_url(base, **kwargs)
+        except Exception as exc:  # obstore raises several types for a bad URL or config
+            raise StoreError(f"cannot open store {self.url}: {exc} ({_hint(self.scheme)})") from None
+
+    def _guard(self, what: str, fn: Callable[[], T], missing: T | None = None) -> T | None:
+        """One blocking obstore call with errors mapped: `missing` when the key is absent.
+
+        Blocking calls, run on the store's threads: obstore's *_async functions abort the
+        interpreter at exit about one run in three (obstore 0.12.1, pyo3 callbacks during
+        finalization); its blocking calls release the GIL and never do.
+        """
+        from obstore.exceptions import AlreadyExistsError
+
+        try:
+            return fn()
+        except FileNotFoundError:
+            return missing
+        except AlreadyExistsError:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(
+                f"{what} failed on {self.url}: {_short(exc)} — {_hint(self.scheme)}"
+            ) from None
+
+    async def _call(self, what: str, fn: Callable[[], T], *, missing: T | None = None) -> T | None:
+        return await self.run(self._guard, what, fn, missing)
+
+    async def run(self, fn: Callable[..., T], *args) -> T:
+        """Blocking work (read, hash, write) on the store's threads, beside its transfers."""
+        return await asyncio.get_running_loop().run_in_executor(_pool(), fn, *args)
+
+    async def flush(self) -> None:
+        """Make every object written so far durable before a manifest may name it.
+
+        Cloud stores acknowledge a PUT only once it is durable. obstore's LocalStore renames
+        into place without fsync, so for file:// one syncfs flushes all chunks at once (far
+        cheaper than an fsync per chunk).
+        """
+        if self.root is not None:
+            await self.run(_syncfs, self.root)
+
+    async def put(self, key: str, data: bytes | memoryview | Path, *, create: bool = False) -> bool:
+        """Write `key` whole (a Path is streamed, multipart when large). With `create`, False
+        when it already exists: nothing is written (S3 `If-None-Match: *`)."""
+        import obstore
+        from obstore.exceptions import AlreadyExistsError
+
+        def put() -> bool:
+            obstore.put(self._store, key, data, mode="create" if create else "overwrite")
+            return True
+
+        try:
+            return bool(await self._call(f"writing {key}", put))
+        except AlreadyExistsError:
+            return False
+
+    async def get(self, key: str) -> bytes | None:
+        """The object's bytes, or None when it does not exist."""
+        data = await self.run(self.get_blocking, key)
+        return None if data is None else bytes(data)
+
+    def get_blocking(self, key: str) -> Buffer | None:
+        """The object's bytes without a copy (a buffer), for code already on the store's threads
+        (restore's fetch-verify-write, verify's fetch-hash); None when it does not exist."""
+        import obstore
+
+        if self.root is not None:  # LocalStore reads ~7x slower than the page cache serves a file
+            return self._guard(f"reading {key}", (self.root / key).read_bytes)
+        return self._guard(f"reading {key}", lambda: obstore.get(self._store, key).bytes())
+
+    async def download(self, key: str, path: Path) -> bool:
+        """Stream an object into a new file at `path` (never whole in memory); False if absent."""
+        import obstore
+
+        def download() -> bool:
+            result = obstore.get(self._store, key)
+            tmp = path.with_name(f".{path.name}.spotrun-download")
+            try:
+                with open(tmp, "wb") as f:
+                    for part in result.stream(min_chunk_size=8 * 1024 * 1024):
+                        f.write(part)
+                tmp.replace(path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return True
+
+        return bool(await self._call(f"downloading {key}", download, missing=False))
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        import obstore
+
+        def head() -> ObjectInfo:
+            meta = obstore.head(self._store, key)
+            return ObjectInfo(meta["path"], meta["size"], meta["last_modified"])
+
+        return await self._call(f"checking {key}", head)
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under `prefix` (recursively); an absent prefix is an empty list."""
+        import obstore
+
+        def listing() -> list[ObjectInfo]:
+            return [
+                ObjectInfo(m["path"], m["size"], m["last_modified"])
+                for batch in obstore.list(self._store, prefix, chunk_size=1000)
+                for m in batch
+            ]
+
+        return await self._call(f"listing {prefix}", listing, missing=[]) or []
+
+    async def prefixes(self, prefix: str) -> list[str]:
+        """The next path segment under `prefix` ("jobs" -> job ids)."""
+        import obstore
+
+        def listing() -> list[str]:
+            result = obstore.list_with_delimiter(self._store, prefix)
+            return [p.rstrip("/").rsplit("/", 1)[-1] for p in result["common_prefixes"]]
+
+        return await self._call(f"listing {prefix}", listing, missing=[]) or []
+
+    async def delete(self, keys: list[str]) -> None:
+        import obstore
+
+        for start in range(0, len(keys), 500):
+            batch = keys[start : start + 500]
+            await self._call(
+                f"deleting {len(batch)} objects", functools.partial(obstore.delete, self._store, batch)
+            )
+
+
+def _syncfs(root: Path) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "syncfs"):
+        os.sync()
+        return
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if libc.syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), f"syncfs {root}")
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """Shared by every store in the process: enough threads for parallel chunk transfers."""
+    return ThreadPoolExecutor(max_workers=32, thread_name_prefix="spotrun-store")
+
+
+def _short(exc: Exception) -> str:
+    text = " ".join(str(exc).split(" Debug source:")[0].split())
+    return text if len(text) < 400 else text[:400] + "…"
