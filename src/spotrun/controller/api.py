@@ -1,0 +1,143 @@
+"""The Python API: `spotrun.launch(...)` returns a JobHandle, as the CLI's `spotrun launch` does.
+
+Launching only records the job; the controller daemon (started here on first use) runs it.
+Pass `start_controller=False` when a Reconciler runs in your own process (tests, the demo).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from spotrun.controller import repo
+from spotrun.controller.db import Database
+from spotrun.controller.models import JobStatus
+from spotrun.controller.spec import JobSpec, SpecError, load_spec
+
+KNOWN_PROVIDERS = ("local",)
+STORE_SCHEMES = ("file", "s3", "gs", "az", "azure", "abfs", "memory")
+
+
+class JobHandle:
+    def __init__(self, job_id: str, db: Database):
+        self.id = job_id
+        self._db = db
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.id!r})"
+
+    def info(self, detail: bool = True) -> dict[str, Any]:
+        """Status, reclaims, cost; with `detail` also every attempt and the event timeline."""
+        return repo.get_view(self._db, self.id, detail=detail)
+
+    def status(self) -> str:
+        return self.info(detail=False)["status"]
+
+    def logs(self, attempt: int | None = None) -> str:
+        """One attempt's log (default: the latest), from the controller's kept copy."""
+        return read_log(self._db, self.id, attempt)
+
+    def wait(self, timeout: float | None = None, poll: float = 0.5) -> str:
+        """Block until the job finishes; return its final status. TimeoutError after `timeout` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not JobStatus(status := self.status()).terminal:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.id} still {status} after {timeout:g}s")
+            time.sleep(poll)
+        return status
+
+    def cancel(self) -> None:
+        repo.request_cancel(self._db, self.id)
+
+
+def read_log(db: Database, ref: str, attempt: int | None = None) -> str:
+    with db.session() as s:
+        job = repo.find_job(s, ref)
+        attempts = [a for a in repo.attempts_of(s, job.id) if a.instance_id is not None]
+    if not attempts:
+        return ""
+    chosen = attempts[-1] if attempt is None else next((a for a in attempts if a.number == attempt), None)
+    if chosen is None:
+        numbers = ", ".join(str(a.number) for a in attempts)
+        raise LookupError(f"job {job.id} has no attempt {attempt} (it has: {numbers})")
+    return read_attempt_log(job.id, chosen.number, chosen.instance_log)
+
+
+def read_attempt_log(job_id: str, number: int, instance_log: str | None) -> str:
+    """The longer of the live instance log and the kept copy (the copy lags by one pass)."""
+    texts = []
+    for path in (instance_log, repo.kept_log(job_id, number)):
+        if path:
+            try:
+                texts.append(Path(path).read_text(errors="replace"))
+            except FileNotFoundError:
+                pass
+    return max(texts, key=len, default="")
+
+
+def prepare_spec(spec: JobSpec | str | Path | dict) -> JobSpec:
+    """Load and check what only launch time can check: provider, workdir, store URL."""
+    base = Path(spec).resolve().parent if isinstance(spec, (str, Path)) else Path.cwd()
+    job = load_spec(spec)
+    problems = []
+    if job.resources.provider not in KNOWN_PROVIDERS:
+        problems.append(f"resources.provider: unknown provider {job.resources.provider!r} (available: {', '.join(KNOWN_PROVIDERS)})")
+    if job.workdir is not None:
+        workdir = (base / job.workdir).resolve()
+        if not workdir.is_dir():
+            problems.append(f"workdir: {workdir} is not a directory")
+        job = job.model_copy(update={"workdir": str(workdir)})
+    if job.checkpoint is not None and job.checkpoint.store is not None:
+        problems += _store_problems(job.checkpoint.store)
+    if problems:
+        raise SpecError(problems)
+    return job
+
+
+def _store_problems(url: str) -> list[str]:
+    parsed = urlparse(url)
+    if parsed.scheme not in STORE_SCHEMES:
+        return [f"checkpoint.store: {url!r} is not a store URL (use file:///path, s3://bucket/prefix, gs://..., az://...)"]
+    if parsed.scheme == "file":
+        root = Path(parsed.path)
+        probe = next((p for p in (root, *root.parents) if p.exists()), None)
+        if probe is None or not probe.is_dir() or not _writable(probe):
+            return [f"checkpoint.store: cannot write under {root} (the nearest existing folder is not writable)"]
+    return []
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+def launch(
+    spec: JobSpec | str | Path | dict,
+    *,
+    name: str | None = None,
+    db_url: str | None = None,
+    start_controller: bool = True,
+) -> JobHandle:
+    """Submit a job (spec object, YAML path or dict) and return its handle.
+
+    Raises SpecError (one line per problem, with file:line:col) for a spec that cannot run.
+    """
+    job = prepare_spec(spec)
+    if name is not None:
+        job = job.model_copy(update={"name": name})
+    db = Database(db_url)
+    handle = JobHandle(repo.create_job(db, job), db)
+    if start_controller:
+        from spotrun.controller.service import start_daemon
+
+        start_daemon()
+    return handle
+
+
+def job(job_id: str, db_url: str | None = None) -> JobHandle:
+    """A handle on an existing job, by id, id prefix or name."""
+    db = Database(db_url)
+    with db.session() as s:
+        return JobHandle(repo.find_job(s, job_id).id, db)

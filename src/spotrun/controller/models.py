@@ -1,0 +1,102 @@
+"""The controller's tables. The schema itself is created by the alembic migrations beside this
+file (`migrations/`); these classes only describe it to SQLAlchemy.
+
+Times are unix seconds (floats): the same on SQLite and PostgreSQL, and cheap to compare.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class JobStatus(str, enum.Enum):
+    PENDING = "PENDING"  # accepted, waiting for its first launch
+    PROVISIONING = "PROVISIONING"  # an attempt is being launched
+    RUNNING = "RUNNING"
+    RECOVERING = "RECOVERING"  # the last attempt ended (reclaim or retryable error); relaunching
+    CANCELLING = "CANCELLING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+ACTIVE = [s.value for s in JobStatus if not s.terminal]
+
+
+class Cause(str, enum.Enum):
+    """Why an attempt ended; reclaims and errors draw on separate budgets."""
+
+    SUCCESS = "success"
+    RECLAIM = "reclaim"  # the cloud took the machine (exit 75, RECLAIMED, lost instance)
+    ERROR = "error"  # the user's command failed
+    CANCEL = "cancel"
+    REFUSED = "refused"  # the provider would not launch (no capacity, price); never ran
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[str] = mapped_column(Text)  # JobSpec as JSON
+    provider: Mapped[str] = mapped_column(String(40))
+    desired: Mapped[str] = mapped_column(String(16), default="run")  # run | cancel
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reclaims: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[int] = mapped_column(Integer, default=0)
+    refusals: Mapped[int] = mapped_column(Integer, default=0)  # consecutive, reset by a launch
+    next_launch_at: Mapped[float] = mapped_column(Float, default=0.0)
+    cost: Mapped[float] = mapped_column(Float, default=0.0)
+    on_demand_cost: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[float] = mapped_column(Float)
+    submitted_at: Mapped[float] = mapped_column(Float)  # launch or last resume: deadline origin
+    updated_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Attempt(Base):
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("job_id", "number", name="uq_attempts_job_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    instance_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    spot: Mapped[bool] = mapped_column(Boolean)
+    zone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    instance_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    price: Mapped[float | None] = mapped_column(Float, nullable=True)  # $/h paid
+    on_demand_price: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    exit_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cause: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    cost: Mapped[float] = mapped_column(Float, default=0.0)
+    instance_log: Mapped[str | None] = mapped_column(Text, nullable=True)  # provider's live log
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    at: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)

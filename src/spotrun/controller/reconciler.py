@@ -1,0 +1,392 @@
+"""The reconciler: one asyncio loop that drives every job from desired to observed state.
+
+Level-triggered: each pass reads the database and the provider afresh and takes the next
+step, remembering nothing in memory that matters. So the controller can be killed at any line
+and started again: an attempt row (with a fresh client token) is committed *before*
+`provider.launch(token)`, so a relaunch after a crash reuses the token and gets the same
+instance; instances whose token no open attempt owns are terminated as leaks.
+
+How an attempt ended decides what comes next (as SkyPilot's "cluster not UP = preemption"):
+agent exit 75, a RECLAIMED instance, or an instance that vanished is a *reclaim* (not the
+user's fault, its own budget); any other non-zero exit is the user's *error*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from spotrun.controller import repo
+from spotrun.controller.db import Database
+from spotrun.controller.models import ACTIVE, Attempt, Cause, Event, Job, JobStatus
+from spotrun.controller.spec import JobSpec
+from spotrun.paths import default_store_url
+from spotrun.providers.base import Instance, InstanceState, LaunchRefused, LaunchRequest, Provider
+
+log = logging.getLogger("spotrun.controller")
+
+RECLAIMED_EXIT = 75  # the agent's exit status when the cloud took the machine
+AUTO_ON_DEMAND_AFTER = 3  # `spot: auto`: consecutive spot refusals before trying on-demand
+_ENDED = {InstanceState.EXITED, InstanceState.RECLAIMED, InstanceState.TERMINATED, InstanceState.GONE}
+
+
+def crash_point(label: str) -> None:
+    """Fault injection for tests: die by SIGKILL here when SPOTRUN_TEST_CRASH_AT names `label`
+    (after-attempt-row, after-launch, after-terminate)."""
+    if os.environ.get("SPOTRUN_TEST_CRASH_AT") == label:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def classify(inst: Instance) -> Cause:
+    """Why an ended instance ended, from the controller's side."""
+    if inst.state == InstanceState.EXITED:
+        if inst.returncode == 0:
+            return Cause.SUCCESS
+        return Cause.RECLAIM if inst.returncode == RECLAIMED_EXIT else Cause.ERROR
+    return Cause.RECLAIM  # RECLAIMED, or lost (GONE / TERMINATED while we still wanted it)
+
+
+def backoff_delay(base: float, cap: float, failures: int, rng: random.Random) -> float:
+    """Exponential in consecutive failures, capped, with jitter so many jobs don't relaunch in step."""
+    return min(cap, base * 2**failures) * rng.uniform(0.5, 1.0)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        db: Database,
+        providers: Mapping[str, Provider],
+        *,
+        owner: str | None = None,
+        interval: float = 1.0,
+        lease_s: float = 30.0,
+        sweep_every: int = 5,
+        exclusive: bool = False,
+        rng: random.Random | None = None,
+    ):
+        """`exclusive`: this controller holds the database's lock (SQLite), so leases left by a
+        dead predecessor are taken over at once instead of after they expire."""
+        self.db = db
+        self.providers = providers
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.interval = interval
+        self.lease_s = lease_s
+        self.sweep_every = sweep_every
+        self.exclusive = exclusive
+        self.rng = rng or random.Random()
+        self.passes = 0
+
+    def provider(self, name: str) -> Provider:
+        try:
+            return self.providers[name]
+        except KeyError:
+            raise LookupError(f"this controller has no provider {name!r} (it has: {', '.join(self.providers)})") from None
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:  # one bad pass (DB hiccup, provider bug) must not end the controller
+                log.exception("reconcile pass failed; retrying")
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval)
+            except TimeoutError:
+                pass
+
+    async def run_once(self) -> None:
+        job_ids = self._claim_jobs()
+        sem = asyncio.Semaphore(64)
+
+        async def one(job_id: str) -> None:
+            async with sem:
+                try:
+                    await self._step(job_id)
+                except Exception:
+                    log.exception("job %s: step failed; will retry next pass", job_id)
+
+        await asyncio.gather(*(one(j) for j in job_ids))
+        if self.passes % self.sweep_every == 0:
+            await self.sweep_leaks()
+        self.passes += 1
+
+    def _claim_jobs(self) -> list[str]:
+        """Lease every active job that is free (or whose lease expired) to this controller."""
+        now = time.time()
+        free = or_(Job.lease_owner.is_(None), Job.lease_owner == self.owner, Job.lease_expires < now)
+        claim = update(Job).where(Job.status.in_(ACTIVE))
+        if not self.exclusive:
+            claim = claim.where(free)
+        with self.db.session() as s:
+            s.execute(
+                claim.values(lease_owner=self.owner, lease_expires=now + self.lease_s).execution_options(
+                    synchronize_session=False
+                )
+            )
+        with self.db.session() as s:
+            return list(
+                s.scalars(select(Job.id).where(Job.status.in_(ACTIVE), Job.lease_owner == self.owner))
+            )
+
+    # --- one job -------------------------------------------------------------------------
+
+    async def _step(self, job_id: str) -> None:
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            attempts = repo.attempts_of(s, job_id)
+        spec = JobSpec.model_validate_json(job.spec)
+        provider = self.provider(job.provider)
+        current = attempts[-1] if attempts and attempts[-1].ended_at is None else None
+
+        if job.desired == "cancel":
+            await self._cancel(job, current, provider)
+        elif current is not None and current.instance_id is None:
+            await self._launch(job, spec, current, provider)  # crashed between row and launch
+        elif current is not None:
+            await self._observe(job, spec, current, await provider.query(current.instance_id), provider)
+        elif spec.recovery.deadline is not None and time.time() > job.submitted_at + spec.recovery.deadline:
+            self._finish(job.id, JobStatus.FAILED, f"deadline of {spec.recovery.deadline:g}s passed before it completed")
+        elif time.time() >= job.next_launch_at:
+            await self._launch(job, spec, self._new_attempt(job, spec, attempts, provider), provider)
+
+    def _new_attempt(self, job: Job, spec: JobSpec, attempts: list[Attempt], provider: Provider) -> Attempt:
+        res = spec.resources
+        spot = res.spot if res.spot != "auto" else job.refusals < AUTO_ON_DEMAND_AFTER
+        zone = res.zones[len(attempts) % len(res.zones)] if res.zones else None
+        spot_price, od_price = provider.prices(res.instance_type, zone)
+        att = Attempt(
+            job_id=job.id, number=(attempts[-1].number + 1) if attempts else 1,
+            token=f"{job.id}-{os.urandom(8).hex()}", spot=spot, zone=zone,
+            instance_type=res.instance_type, price=spot_price if spot else od_price,
+            on_demand_price=od_price, created_at=time.time(), cost=0.0,
+        )
+        with self.db.session() as s:
+            s.add(att)
+            s.get(Job, job.id).status = (
+                JobStatus.PROVISIONING.value if job.status == JobStatus.PENDING.value else job.status
+            )
+            repo.add_event(
+                s, job.id, "launching",
+                f"launching attempt {att.number}: {'spot' if spot else 'on-demand'}"
+                + (f" in {zone}" if zone else ""), att.number,
+            )
+        crash_point("after-attempt-row")
+        return att
+
+    async def _launch(self, job: Job, spec: JobSpec, att: Attempt, provider: Provider) -> None:
+        request = LaunchRequest(
+            token=att.token, job_id=job.id, attempt=att.number, run=spec.run, setup=spec.setup,
+            workdir=spec.workdir, env=dict(spec.env), spot=att.spot,
+            instance_type=att.instance_type, zone=att.zone, max_price=spec.max_price,
+            agent_args=spec.agent_args(default_store_url()),
+        )
+        try:
+            inst = await provider.launch(request)
+        except LaunchRefused as exc:
+            self._refused(job, spec, att, f"launch refused: {exc}")
+            return
+        except ValueError as exc:  # the request itself is wrong (e.g. workdir gone): retrying won't help
+            self._refused(job, spec, att, f"launch rejected: {exc}", fatal=True)
+            return
+        except Exception as exc:  # noqa: BLE001  a provider failure is retried like a refusal
+            self._refused(job, spec, att, f"launch failed: {type(exc).__name__}: {exc}")
+            return
+        crash_point("after-launch")
+        with self.db.session() as s:
+            a = s.get(Attempt, att.id)
+            a.instance_id, a.instance_log = inst.id, inst.log_path
+            a.started_at = inst.launched_at or time.time()
+            if inst.price_per_hour is not None:
+                a.price = inst.price_per_hour
+            j = s.get(Job, job.id)
+            j.refusals, j.updated_at = 0, time.time()
+            repo.add_event(s, job.id, "launched", f"attempt {a.number} on instance {inst.id}", a.number)
+            att = a
+        await self._observe(job, spec, att, inst, provider)
+
+    def _refused(self, job: Job, spec: JobSpec, att: Attempt, message: str, fatal: bool = False) -> None:
+        now = time.time()
+        with self.db.session() as s:
+            a = s.get(Attempt, att.id)
+            a.ended_at, a.cause = now, Cause.REFUSED.value
+            j = s.get(Job, job.id)
+            if fatal:
+                self._set_finished(s, j, JobStatus.FAILED, message)
+                return
+            delay = backoff_delay(spec.recovery.backoff.base, spec.recovery.backoff.max, j.refusals, self.rng)
+            j.refusals += 1
+            j.next_launch_at, j.updated_at = now + delay, now
+            launched_before = any(x.instance_id for x in repo.attempts_of(s, job.id))
+            j.status = (JobStatus.RECOVERING if launched_before else JobStatus.PENDING).value
+            repo.add_event(s, job.id, "refused", f"{message}; retrying in {delay:.1f}s", a.number)
+
+    async def _observe(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance, provider: Provider) -> None:
+        self._keep_log(job.id, att, inst)
+        if inst.state not in _ENDED:
+            with self.db.session() as s:
+                j = s.get(Job, job.id)
+                if inst.state != InstanceState.PENDING:
+                    status = JobStatus.RUNNING
+                else:  # booting: a recovery stays RECOVERING until the new instance runs
+                    status = JobStatus(j.status if j.status == JobStatus.RECOVERING.value else JobStatus.PROVISIONING.value)
+                if j.status != status.value and j.desired == "run":
+                    j.status, j.updated_at = status.value, time.time()
+                    repo.add_event(s, job.id, status.value.lower(), f"attempt {att.number} {inst.state.value}", att.number)
+                if inst.state == InstanceState.NOTICE and not self._has_event(s, job.id, att.number, "notice"):
+                    repo.add_event(s, job.id, "notice", f"reclaim notice on {inst.id}; the agent is saving work", att.number)
+            return
+        # Free the instance's disk first (idempotent), then record the end: a crash between
+        # the two is repaired by the next pass, which finds the attempt still open.
+        await provider.terminate(inst.id)
+        crash_point("after-terminate")
+        ended = self._end_attempt(job, spec, att, inst)
+        if ended == Cause.SUCCESS and spec.on_success == "delete" and spec.checkpoint is not None:
+            await self._delete_checkpoints(job.id, spec)
+
+    async def _delete_checkpoints(self, job_id: str, spec: JobSpec) -> None:
+        """Best effort, after the job is recorded SUCCEEDED: a failure here is only reported."""
+        from spotrun.controller.checkpoints import delete_checkpoints
+
+        url = spec.checkpoint.store or default_store_url()
+        try:
+            message = f"deleted {await delete_checkpoints(url, job_id)} snapshots from {url} (on_success: delete)"
+        except Exception as exc:  # noqa: BLE001
+            message = f"could not delete the checkpoints in {url}: {exc}"
+        with self.db.session() as s:
+            repo.add_event(s, job_id, "checkpoints", message)
+
+    @staticmethod
+    def _has_event(s: Session, job_id: str, attempt: int, kind: str) -> bool:
+        return s.scalars(
+            select(Event.id).where(Event.job_id == job_id, Event.attempt == attempt, Event.kind == kind)
+        ).first() is not None
+
+    def _end_attempt(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance) -> Cause:
+        """Close the attempt and apply its outcome to the job, in one transaction."""
+        cause = classify(inst)
+        now = time.time()
+        with self.db.session() as s:
+            a, j = s.get(Attempt, att.id), s.get(Job, job.id)
+            self._close(a, j, inst.ended_at or now, cause, inst.returncode)
+            rc = "" if inst.returncode is None else f" (exit {inst.returncode})"
+            if cause == Cause.SUCCESS:
+                repo.add_event(s, job.id, "succeeded", f"attempt {a.number} completed", a.number)
+                self._set_finished(s, j, JobStatus.SUCCEEDED, None)
+            elif cause == Cause.RECLAIM:
+                j.reclaims += 1
+                how = "reclaimed" if inst.state != InstanceState.GONE else "lost (no heartbeat)"
+                repo.add_event(s, job.id, "reclaim", f"attempt {a.number} {how}{rc}", a.number)
+                if j.reclaims > spec.recovery.max_reclaims:
+                    self._set_finished(s, j, JobStatus.FAILED, f"reclaimed {j.reclaims} times, over recovery.max_reclaims={spec.recovery.max_reclaims}")
+                else:
+                    self._retry(s, j, spec, 0, "reclaim")
+            else:
+                j.errors += 1
+                tail = repo.tail_lines(repo.kept_log(job.id, a.number))
+                repo.add_event(s, job.id, "error", f"attempt {a.number} failed{rc}", a.number)
+                if j.errors > spec.recovery.max_errors:
+                    reason = f"the command failed{rc}; recovery.max_errors={spec.recovery.max_errors}"
+                    if tail:
+                        reason += "; last log lines:\n" + "\n".join(tail)
+                    self._set_finished(s, j, JobStatus.FAILED, reason)
+                else:
+                    self._retry(s, j, spec, j.errors, "error")
+        return cause
+
+    @staticmethod
+    def _close(a: Attempt, j: Job, ended_at: float, cause: Cause, returncode: int | None) -> None:
+        """End the attempt and charge its run time (price x time) to the job."""
+        a.ended_at, a.cause, a.exit_status = ended_at, cause.value, returncode
+        a.cost, on_demand = repo.attempt_cost(a, ended_at)
+        j.cost += a.cost
+        j.on_demand_cost += on_demand
+        j.updated_at = time.time()
+
+    def _retry(self, s: Session, j: Job, spec: JobSpec, failures: int, why: str) -> None:
+        delay = backoff_delay(spec.recovery.backoff.base, spec.recovery.backoff.max, failures, self.rng)
+        j.status, j.next_launch_at = JobStatus.RECOVERING.value, time.time() + delay
+        repo.add_event(s, j.id, "recovering", f"relaunching after {why} in {delay:.1f}s")
+
+    @staticmethod
+    def _set_finished(s: Session, j: Job, status: JobStatus, reason: str | None) -> None:
+        j.status, j.reason, j.finished_at, j.lease_owner = status.value, reason, time.time(), None
+        repo.add_event(s, j.id, status.value.lower(), reason or f"job {status.value.lower()}")
+
+    def _finish(self, job_id: str, status: JobStatus, reason: str | None) -> None:
+        with self.db.session() as s:
+            self._set_finished(s, s.get(Job, job_id), status, reason)
+
+    async def _cancel(self, job: Job, att: Attempt | None, provider: Provider) -> None:
+        if att is not None:
+            instance_id = att.instance_id or await self._instance_by_token(provider, job.id, att.token)
+            inst = None
+            if instance_id is not None:
+                await provider.terminate(instance_id)
+                inst = await provider.query(instance_id)
+                self._keep_log(job.id, att, inst)
+            with self.db.session() as s:
+                ended = (inst.ended_at if inst else None) or time.time()
+                self._close(s.get(Attempt, att.id), s.get(Job, job.id), ended, Cause.CANCEL, inst.returncode if inst else None)
+        self._finish(job.id, JobStatus.CANCELLED, "cancelled by the user")
+
+    @staticmethod
+    async def _instance_by_token(provider: Provider, job_id: str, token: str) -> str | None:
+        return next((i.id for i in await provider.list_instances(job_id) if i.token == token), None)
+
+    # --- logs and leaks ------------------------------------------------------------------
+
+    @staticmethod
+    def _keep_log(job_id: str, att: Attempt, inst: Instance) -> None:
+        """Append what is new in the instance's log to the controller's own copy."""
+        if not inst.log_path:
+            return
+        src, dst = Path(inst.log_path), repo.kept_log(job_id, att.number)
+        try:
+            size = src.stat().st_size
+        except FileNotFoundError:
+            return
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        have = dst.stat().st_size if dst.exists() else 0
+        if size < have:
+            have = 0
+            dst.unlink()
+        if size > have:
+            with open(src, "rb") as fi, open(dst, "ab") as fo:
+                fi.seek(have)
+                fo.write(fi.read(size - have))
+
+    async def sweep_leaks(self) -> list[str]:
+        """Terminate live instances no open attempt owns: leaks from a crash (token unknown) or
+        an instance outliving its attempt."""
+        terminated = []
+        with self.db.session() as s:
+            names = {p for (p,) in s.execute(select(Job.provider).distinct())}
+        for name in sorted(names):
+            provider = self.provider(name)
+            instances = await provider.list_instances()
+            live = [i for i in instances if i.state not in _ENDED]
+            if not live:
+                continue
+            with self.db.session() as s:  # read after listing: a row always precedes its instance
+                tokens = {t for (t,) in s.execute(select(Attempt.token).where(Attempt.ended_at.is_(None)))}
+                known = {t for (t,) in s.execute(select(Attempt.token).where(Attempt.token.in_([i.token for i in live])))}
+            for inst in live:
+                if inst.token in tokens:
+                    continue
+                why = "its token is unknown" if inst.token not in known else "its attempt has ended"
+                log.warning("terminating leaked instance %s: %s", inst.id, why)
+                await provider.terminate(inst.id)
+                terminated.append(inst.id)
+        return terminated

@@ -1,0 +1,167 @@
+"""Reads and user requests on the job tables, shared by the CLI, the Python API and the reconciler.
+
+User requests (launch, cancel, resume) only write *desired* state; the reconciler alone turns
+it into actions, so a request made while the controller is down is simply acted on later.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from spotrun.controller.db import Database
+from spotrun.controller.models import Attempt, Event, Job, JobStatus
+from spotrun.controller.spec import JobSpec
+from spotrun.paths import home
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class JobStateError(RuntimeError):
+    """The request does not fit the job's state (cancel a finished job, resume a running one)."""
+
+
+def logs_dir() -> Path:
+    return home() / "logs"
+
+
+def kept_log(job_id: str, attempt: int) -> Path:
+    """The controller's copy of an attempt's log; outlives the instance and its scratch dir."""
+    return logs_dir() / job_id / f"attempt-{attempt}.log"
+
+
+def add_event(s: Session, job_id: str, kind: str, message: str, attempt: int | None = None) -> None:
+    s.add(Event(job_id=job_id, attempt=attempt, at=time.time(), kind=kind, message=message))
+
+
+def create_job(db: Database, spec: JobSpec) -> str:
+    now = time.time()
+    job_id = secrets.token_hex(4)
+    with db.session() as s:
+        s.add(
+            Job(
+                id=job_id, name=spec.display_name(), spec=spec.model_dump_json(),
+                provider=spec.resources.provider, desired="run", status=JobStatus.PENDING.value,
+                reclaims=0, errors=0, refusals=0, next_launch_at=0.0, cost=0.0, on_demand_cost=0.0,
+                created_at=now, submitted_at=now, updated_at=now, lease_expires=0.0,
+            )
+        )
+        s.flush()  # the job row first: events reference it
+        add_event(s, job_id, "submitted", f"job {spec.display_name()!r} submitted: {spec.run}")
+    return job_id
+
+
+def find_job(s: Session, ref: str) -> Job:
+    """A job by id or unique id prefix (as git abbreviates commits), else by exact name (newest)."""
+    job = s.get(Job, ref)
+    if job is not None:
+        return job
+    matches = s.scalars(select(Job).where(Job.id.like(f"{ref}%"))).all()
+    if len(matches) > 1:
+        raise JobNotFound(f"job id prefix {ref!r} is ambiguous ({len(matches)} jobs); give more characters")
+    if matches:
+        return matches[0]
+    named = s.scalars(select(Job).where(Job.name == ref).order_by(Job.created_at.desc())).first()
+    if named is None:
+        raise JobNotFound(f"no job {ref!r}; `spotrun jobs` lists them")
+    return named
+
+
+def request_cancel(db: Database, ref: str) -> str:
+    with db.session() as s:
+        job = find_job(s, ref)
+        if JobStatus(job.status).terminal:
+            raise JobStateError(f"job {job.id} already finished ({job.status}); nothing to cancel")
+        if job.desired != "cancel":
+            job.desired = "cancel"
+            job.status = JobStatus.CANCELLING.value
+            job.updated_at = time.time()
+            add_event(s, job.id, "cancel", "cancel requested")
+        return job.id
+
+
+def request_resume(db: Database, ref: str) -> str:
+    """Run a finished job again under the same id, so it restores from its kept checkpoints."""
+    with db.session() as s:
+        job = find_job(s, ref)
+        if not JobStatus(job.status).terminal:
+            raise JobStateError(f"job {job.id} is still {job.status}; resume is for finished jobs")
+        now = time.time()
+        job.desired, job.status, job.reason = "run", JobStatus.PENDING.value, None
+        job.reclaims = job.errors = job.refusals = 0
+        job.next_launch_at, job.finished_at, job.submitted_at, job.updated_at = 0.0, None, now, now
+        add_event(s, job.id, "resume", "resumed from its kept checkpoints; budgets reset")
+        return job.id
+
+
+def attempts_of(s: Session, job_id: str) -> list[Attempt]:
+    return list(s.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)))
+
+
+def attempt_cost(a: Attempt, now: float) -> tuple[float, float]:
+    """(paid, on-demand equivalent) in $ for the attempt's run time so far."""
+    if a.started_at is None:
+        return 0.0, 0.0
+    hours = max(0.0, (a.ended_at or now) - a.started_at) / 3600
+    return (a.price or 0.0) * hours, (a.on_demand_price or a.price or 0.0) * hours
+
+
+def job_view(s: Session, job: Job, *, detail: bool = False) -> dict[str, Any]:
+    """Everything `jobs`/`status` show about a job; running attempts are costed up to now."""
+    now = time.time()
+    attempts = attempts_of(s, job.id)
+    launched = [a for a in attempts if a.instance_id is not None]
+    cost = sum(attempt_cost(a, now)[0] for a in launched)
+    od = sum(attempt_cost(a, now)[1] for a in launched)
+    view: dict[str, Any] = {
+        "id": job.id, "name": job.name, "status": job.status, "reason": job.reason,
+        "provider": job.provider, "attempts": len(launched), "reclaims": job.reclaims,
+        "errors": job.errors, "cost": round(cost, 6), "on_demand_cost": round(od, 6),
+        "saving": round(od - cost, 6), "saving_pct": round(100 * (od - cost) / od, 1) if od else 0.0,
+        "created_at": job.created_at, "finished_at": job.finished_at,
+        "wall_s": round((job.finished_at or now) - job.created_at, 3),
+    }
+    if detail:
+        view["spec"] = JobSpec.model_validate_json(job.spec).model_dump()
+        view["attempt_list"] = [
+            {
+                "number": a.number, "instance_id": a.instance_id, "token": a.token, "spot": a.spot,
+                "zone": a.zone, "price": a.price, "started_at": a.started_at, "ended_at": a.ended_at,
+                "exit_status": a.exit_status, "cause": a.cause, "cost": round(attempt_cost(a, now)[0], 6),
+                "log": str(kept_log(job.id, a.number)),
+            }
+            for a in attempts
+        ]
+        events = s.scalars(select(Event).where(Event.job_id == job.id).order_by(Event.at, Event.id))
+        view["events"] = [
+            {"at": e.at, "attempt": e.attempt, "kind": e.kind, "message": e.message} for e in events
+        ]
+    return view
+
+
+def list_views(db: Database) -> list[dict[str, Any]]:
+    with db.session() as s:
+        jobs = s.scalars(select(Job).order_by(Job.created_at)).all()
+        return [job_view(s, j) for j in jobs]
+
+
+def get_view(db: Database, ref: str, detail: bool = True) -> dict[str, Any]:
+    with db.session() as s:
+        return job_view(s, find_job(s, ref), detail=detail)
+
+
+def tail_lines(path: Path, n: int = 10) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            return f.read().decode(errors="replace").splitlines()[-n:]
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,173 @@
+"""The controller as a process: the lock that keeps it single, its providers, and the daemon.
+
+On SQLite exactly one controller may run per database file (an flock beside the file; the
+kernel drops it when the process dies, so a SIGKILLed controller never leaves a stale lock).
+On PostgreSQL several may run; each job is leased to one of them (see the reconciler).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from spotrun.controller.db import Database
+from spotrun.paths import home
+
+START_WAIT_S = 30.0  # a cold start imports sqlalchemy and alembic; the machine may be loaded
+
+
+class ControllerBusy(RuntimeError):
+    pass
+
+
+class ControllerError(RuntimeError):
+    pass
+
+
+def pid_file() -> Path:
+    return home() / "controller.json"
+
+
+def log_file() -> Path:
+    return home() / "controller.log"
+
+
+@contextlib.contextmanager
+def controller_lock(db: Database) -> Iterator[None]:
+    """Hold the one-controller-per-SQLite-file lock for the block; a no-op on PostgreSQL."""
+    if db.sqlite_path is None:
+        yield
+        return
+    path = Path(f"{db.sqlite_path}.controller.lock")
+    f: IO[str] = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise ControllerBusy(
+                f"another spotrun controller (pid {holder}) already runs on {db.sqlite_path}; "
+                "use `spotrun controller status` / `spotrun controller stop`, or set "
+                "SPOTRUN_DB_URL to another database"
+            ) from None
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+    finally:
+        f.close()
+
+
+def make_providers(market: Any = None) -> dict[str, Any]:
+    """The providers this controller can launch on, built once and shared by every job."""
+    from spotrun.providers.local.provider import LocalProvider
+
+    return {"local": LocalProvider(home() / "local", market)}
+
+
+def local_market(lifetime_s: float | None, lead_s: float | None, seed: int | None = None) -> Any:
+    if lifetime_s is None and lead_s is None:
+        return None
+    from spotrun.providers.local.market import MarketConfig
+
+    return MarketConfig(mean_lifetime_s=lifetime_s, lead_s=lead_s, seed=seed)
+
+
+def serve(db_url: str | None = None, market: Any = None, interval: float = 1.0, lease_s: float = 30.0) -> None:
+    """Run the reconciler in this process until SIGTERM/SIGINT (`spotrun controller run`)."""
+    from spotrun.controller.reconciler import Reconciler
+
+    db = Database(db_url)
+    with controller_lock(db):
+        reconciler = Reconciler(
+            db, make_providers(market), interval=interval, lease_s=lease_s, exclusive=db.is_sqlite
+        )
+        info = {"pid": os.getpid(), "db": db.url, "started_at": time.time(), "owner": reconciler.owner}
+        pid_file().write_text(json.dumps(info))
+        try:
+            asyncio.run(_serve(reconciler))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                if json.loads(pid_file().read_text()).get("pid") == os.getpid():
+                    pid_file().unlink()
+            db.close()
+
+
+async def _serve(reconciler: Any) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await reconciler.run(stop)
+
+
+def daemon_info() -> dict | None:
+    """The running daemon's pid file contents, or None (a stale file is removed)."""
+    try:
+        info = json.loads(pid_file().read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    if not _alive(info.get("pid", -1)):
+        pid_file().unlink(missing_ok=True)
+        return None
+    return info
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    with contextlib.suppress(FileNotFoundError):  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    return True
+
+
+def start_daemon(extra_args: list[str] | None = None) -> dict:
+    """Start the background controller unless one runs; return its info."""
+    if (info := daemon_info()) is not None:
+        return info
+    with open(log_file(), "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spotrun", "controller", "run", *(extra_args or [])],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # setsid: survives the shell and the CLI that started it
+            env=os.environ.copy(),
+        )
+    deadline = time.monotonic() + START_WAIT_S
+    while time.monotonic() < deadline:
+        info = daemon_info()
+        if info is not None and info["pid"] == proc.pid:
+            return info
+        if proc.poll() is not None:
+            tail = "\n".join(log_file().read_text(errors="replace").splitlines()[-5:])
+            raise ControllerError(f"the controller exited at start (status {proc.returncode}):\n{tail}")
+        time.sleep(0.05)
+    raise ControllerError(f"the controller did not come up within {START_WAIT_S:.0f}s; see {log_file()}")
+
+
+def stop_daemon(timeout: float = 30.0) -> int | None:
+    """SIGTERM the daemon and wait for it; its instances keep running, as cloud VMs would."""
+    info = daemon_info()
+    if info is None:
+        return None
+    pid = info["pid"]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    pid_file().unlink(missing_ok=True)
+    return pid
