@@ -19,3 +19,12 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'spotrun' has no attribute {name!r}")
+
+
+__all__ = [
+    "atomic_write", "save_atomic",
+    "notice", "on_notice", "should_stop",
+    "attempt", "checkpoint_dir", "job_id", "list_checkpoints", "load_latest", "save",
+    "report_progress",
+    "launch", "job", "JobHandle",
+]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from spotrun.providers.base import InstanceState, LaunchRefused
-from spotrun.providers.local import MarketConfig
+from spotrun.providers.local import LocalProvider, MarketConfig
 
 from .conftest import instance_processes, processes, request, wait_state, wait_until
 
@@ -46,6 +46,23 @@ async def test_runs_setup_and_command_in_a_copy_of_workdir(make_provider, tmp_pa
     after = await provider.query(instance.id)
     assert (after.state, after.returncode) == (InstanceState.EXITED, 3)
     assert not provider.scratch_dir(instance.id).exists()
+
+
+async def test_workdir_copy_skips_spotrun_own_dirs_and_stale_checkpoints(tmp_path: Path) -> None:
+    """A workdir holding the provider's root (e.g. $SPOTRUN_HOME inside the project) is not
+    copied into itself, and a stale local checkpoints/ does not ride along to the new machine."""
+    workdir = tmp_path / "project"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "checkpoints" / "ckpt-000000000007.pkl").write_text("stale")
+    (workdir / "train.py").write_text("print('hi')")
+    provider = LocalProvider(workdir / ".spotrun-home" / "local")
+    instance = await provider.launch(request("t-nest", run="ls -A > listing.txt", workdir=str(workdir)))
+    await wait_state(provider, instance.id, InstanceState.EXITED)
+    work = provider.scratch_dir(instance.id) / "work"
+    listing = (work / "listing.txt").read_text().split()
+    assert "train.py" in listing and "checkpoints" not in listing
+    assert not (work / ".spotrun-home" / "local").exists()  # the provider's root is not copied into itself
+    await provider.terminate(instance.id)
 
 
 async def test_launch_is_idempotent_on_the_token(make_provider) -> None:

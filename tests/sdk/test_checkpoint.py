@@ -9,7 +9,8 @@ import pytest
 
 import spotrun
 from spotrun.sdk.atomic import TMP_MARKER
-from spotrun.sdk.checkpoint import atomic_path, prune
+from spotrun.sdk.atomic import atomic_path
+from spotrun.sdk.checkpoint import prune
 
 
 @pytest.fixture

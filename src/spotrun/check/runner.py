@@ -24,10 +24,9 @@ from pathlib import Path
 
 from spotrun.check.progress import AGENT_PREFIX, Progress, attempt_progress
 from spotrun.sdk.events import EVENTS_ENV
+from spotrun.workdir import copy_workdir, tree_size
 
 EXIT_RECLAIMED = 75
-# Copied into each scratch directory except these: caches and environments are not the job.
-IGNORED = (".git", ".venv", "venv", "__pycache__", "node_modules", ".pytest_cache", ".mypy_cache", "checkpoints")
 CHECKPOINT_LIKE = (".pt", ".pth", ".ckpt", ".pkl", ".safetensors", ".bin", ".npz", ".h5")
 ESCALATION_MARK = "(SIGKILL)"
 
@@ -62,7 +61,7 @@ class CheckConfig:
         for out in self.outputs:
             if Path(out).is_absolute() or ".." in Path(out).parts:
                 raise CheckError(f"declared output {out!r} must be a path inside the working directory")
-        size = _tree_size(self.workdir)
+        size = tree_size(self.workdir)
         if size > self.max_workdir_bytes:
             raise CheckError(
                 f"the working directory {self.workdir} holds {size / 2**20:.0f} MiB; each attempt copies it "
@@ -145,7 +144,7 @@ async def _attempt(
     from spotrun.emulators.aws import AwsEmulator
 
     scratch = root / f"{run}-{number}"
-    shutil.copytree(config.workdir, scratch, ignore=shutil.ignore_patterns(*IGNORED), symlinks=True)
+    copy_workdir(config.workdir, scratch, exclude=[root])
     before = {p for p in scratch.rglob("*") if p.is_file()}
     ckpt_dir = scratch / ".spotrun" / "checkpoints"
     events = root / f"{run}.events.jsonl"
@@ -237,13 +236,3 @@ def _stray_checkpoints(scratch: Path, before: set[Path], ckpt_dir: Path, outputs
         if name.endswith(CHECKPOINT_LIKE) or "ckpt" in name or "checkpoint" in name:
             strays.append(str(path.relative_to(scratch)))
     return sorted(strays)
-
-
-def _tree_size(path: Path) -> int:
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = [d for d in dirnames if d not in IGNORED]
-        for name in filenames:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total

@@ -30,23 +30,36 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
-    """Yield a file to write; on success it replaces `path` whole, on error `path` is untouched."""
-    if mode not in ("wb", "w"):
-        raise ValueError(f"atomic_write supports modes 'wb' and 'w', not {mode!r}")
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path to write (also for libraries that insist on writing the file themselves).
+
+    Whatever was written there replaces `path` whole once the block succeeds; on an error `path`
+    is untouched and the temp file removed.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}{TMP_MARKER}{secrets.token_hex(4)}")
     try:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
+    """Yield a file to write; on success it replaces `path` whole, on error `path` is untouched."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write supports modes 'wb' and 'w', not {mode!r}")
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
 
 
 def save_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:

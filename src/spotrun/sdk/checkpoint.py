@@ -11,16 +11,13 @@ unambiguous after a restore on another machine (modification times do not surviv
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import re
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from spotrun.sdk.atomic import TMP_MARKER, atomic_write, fsync_dir
+from spotrun.sdk.atomic import atomic_path, atomic_write  # noqa: F401  (atomic_path: public here too)
 from spotrun.sdk.events import emit
 
 DEFAULT_DIR = "checkpoints"
@@ -84,27 +81,6 @@ def prune(directory: Path, keep: int, prefix: str = DEFAULT_PREFIX, ext: str = "
     for path in old:
         path.unlink(missing_ok=True)
     return old
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path for a library that insists on writing a file itself (Lightning).
-
-    Whatever the library wrote there replaces `path` whole once the block succeeds; the temp
-    name carries `TMP_MARKER` so the agent never snapshots it half-written.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}{TMP_MARKER}{secrets.token_hex(4)}")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
 
 
 def save(

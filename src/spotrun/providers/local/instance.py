@@ -24,7 +24,9 @@ from typing import IO, TYPE_CHECKING
 from spotrun.providers.base import InstanceState
 from spotrun.providers.local import procs
 from spotrun.providers.local.records import InstanceDir, Spec, State
+from spotrun.paths import home
 from spotrun.sdk.atomic import save_atomic
+from spotrun.workdir import copy_workdir
 
 if TYPE_CHECKING:
     from spotrun.emulators.base import Emulator
@@ -92,7 +94,9 @@ class Launcher:
         shutil.rmtree(self.spec.scratch, ignore_errors=True)  # a relaunch after a crash starts clean
         self.tmpdir.mkdir(parents=True)
         if self.spec.workdir:
-            shutil.copytree(self.spec.workdir, self.workdir, symlinks=True)
+            # never the provider's own root or $SPOTRUN_HOME, should the workdir contain them
+            root = Path(self.spec.scratch).parent.parent
+            copy_workdir(Path(self.spec.workdir), self.workdir, exclude=[root, home()])
         else:
             self.workdir.mkdir()
 

@@ -1,0 +1,39 @@
+"""Copying a job's working directory onto a fresh "machine" (a local instance, a check attempt).
+
+Caches, environments and local checkpoints are left behind: a new machine would not have them,
+and a stale `checkpoints/` copied along would let a job appear to resume without the store.
+spotrun's own directories are skipped too, so a workdir that contains $SPOTRUN_HOME (or the
+provider's scratch space) is not copied into itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+IGNORED = (".git", ".venv", "venv", "__pycache__", "node_modules", ".pytest_cache", ".mypy_cache", "checkpoints")
+
+
+def copy_workdir(src: Path, dest: Path, exclude: Iterable[Path] = ()) -> None:
+    skip = {p.resolve() for p in exclude}
+    names = shutil.ignore_patterns(*IGNORED)
+
+    def ignore(directory: str, entries: list[str]) -> set[str]:
+        here = Path(directory).resolve()
+        return set(names(directory, entries)) | {e for e in entries if here / e in skip}
+
+    shutil.copytree(src, dest, ignore=ignore, symlinks=True)
+
+
+def tree_size(path: Path) -> int:
+    """Bytes a copy would move (what `copy_workdir` skips by name is not counted)."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = [d for d in dirnames if d not in IGNORED]
+        for name in filenames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
