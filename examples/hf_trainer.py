@@ -2,6 +2,7 @@
 
     python examples/hf_trainer.py --max-steps 40 --output result.json
     spotrun exec -- python examples/hf_trainer.py --max-steps 40 --output result.json
+    spotrun check --workdir examples -o result.json -- python hf_trainer.py --max-steps 40 --step-time 0.15
 
 Nothing is downloaded. Checkpoints go to `spotrun.checkpoint_dir()` as the Trainer's own
 `checkpoint-<step>/` folders; on a notice SpotrunCallback saves at the step's end and stops, the

@@ -2,9 +2,12 @@
 
     python examples/lightning_module.py --max-steps 60 --output result.json
     spotrun exec -- python examples/lightning_module.py --max-steps 60 --output result.json
+    spotrun check --workdir examples -o result.json -- python lightning_module.py --max-steps 40 --step-time 0.15
 
 On a reclaim notice the callback saves at the next batch boundary and stops the trainer; the
-script exits 75 so the agent reruns it, and the rerun continues from that checkpoint.
+script exits 75 so the agent reruns it, and the rerun continues from that checkpoint. The data
+loader saves its position in the epoch, so a resumed run ends with bitwise the same weights as
+an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import sys
 import time
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -48,10 +51,35 @@ class Regression(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+class ResumableLoader(DataLoader):
+    """A DataLoader that continues a resumed epoch where it stopped, so the resumed run sees the
+    same batches as an uninterrupted one. Lightning saves `state_dict()` in its checkpoint and
+    hands it back on resume; a plain DataLoader would restart the epoch from its first batch."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.served = 0  # batches handed out in the current epoch
+        self.skip = 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        self.served = skip
+        for index, batch in enumerate(super().__iter__()):
+            if index >= skip:
+                self.served += 1
+                yield batch
+
+    def state_dict(self) -> dict:
+        return {"served": self.served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skip = state["served"] % len(self)  # a checkpoint at an epoch's end starts a new epoch
+
+
 def data(seed: int) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(512, 8, generator=g)
-    return DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=16, shuffle=False)
+    return ResumableLoader(TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=16, shuffle=False)
 
 
 def main(argv: list[str] | None = None) -> int:

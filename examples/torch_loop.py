@@ -2,6 +2,7 @@
 
     python examples/torch_loop.py --steps 200 --output result.json
     spotrun exec -- python examples/torch_loop.py --steps 200 --output result.json
+    spotrun check --workdir examples -o result.json -- python torch_loop.py --steps 40 --step-time 0.15
 
 It checkpoints into `spotrun.checkpoint_dir()` every `--every` steps and at once when a reclaim
 notice comes, resumes from the newest checkpoint when started again, and writes the final loss

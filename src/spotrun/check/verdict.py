@@ -80,7 +80,7 @@ def judge(config: CheckConfig, baseline: AttemptResult, attempts: list[AttemptRe
     rate = _seconds_per_step(baseline)
     reclaims = []
     for index, result in enumerate(attempts):
-        if result.notice_after_s is None:
+        if not result.reclaimed:  # no notice, or the script finished before the notice reached it
             continue
         number = len(reclaims) + 1
         nxt = attempts[index + 1] if index + 1 < len(attempts) else None

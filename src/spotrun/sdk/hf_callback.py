@@ -4,6 +4,8 @@ The Trainer writes `checkpoint-<step>/` as many files, none of them atomically, 
 may be syncing the directory. So the callback publishes a marker listing every file and its
 size once the Trainer has finished the checkpoint (manifest last, as the store does), and
 `resume_checkpoint()` only returns a checkpoint whose marker matches what is on disk.
+The callback also reports each step, save and restore (`state.global_step`) as SDK events, so
+`spotrun check` measures a Trainer script precisely with no code of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from spotrun.notices.base import Notice
 from spotrun.sdk.atomic import save_atomic
 from spotrun.sdk.checkpoint import checkpoint_dir
+from spotrun.sdk.events import emit, report_progress
 from spotrun.sdk.notice import on_notice, should_stop
 
 MARKER = "spotrun-complete.json"
@@ -80,9 +83,19 @@ class SpotrunCallback(TrainerCallback):
     def _record_notice(self, received: Notice) -> None:
         self.notice = received
 
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        # The Trainer has loaded the checkpoint's state by now; a fresh start is at step 0.
+        if state.is_world_process_zero and state.global_step > 0:
+            emit("restore", step=state.global_step)
+        return control
+
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl:
+        if state.is_world_process_zero:
+            report_progress(state.global_step)
         if self.save_on_notice and not self.stopped_for_notice and should_stop():
             control.should_save = True
             control.should_training_stop = True
@@ -95,4 +108,5 @@ class SpotrunCallback(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             save_atomic(folder / MARKER, json.dumps({"step": state.global_step, "files": _files(folder)}))
+            emit("save", step=state.global_step)
         return control

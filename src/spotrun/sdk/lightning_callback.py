@@ -3,6 +3,8 @@
 Lightning's own checkpoint has everything a resume needs (weights, optimizers, schedulers, loop
 progress, callbacks); this callback decides *when* (every N steps, and at the first batch
 boundary after a notice) and makes each file appear whole, so the agent never syncs a torn one.
+It also reports each step, save and restore (counted in optimizer steps, `trainer.global_step`)
+as SDK events, so `spotrun check` measures a Lightning script precisely with no code of its own.
 
 Lightning reacts to SIGTERM itself: after the batch it raises `SIGTERMException` (a SystemExit)
 out of `trainer.fit`. The callback saves before that happens; a script that wants to exit with
@@ -19,6 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from spotrun.notices.base import Notice
 from spotrun.sdk.checkpoint import atomic_path, checkpoint_dir, checkpoint_path, list_checkpoints, prune
+from spotrun.sdk.events import emit, report_progress
 from spotrun.sdk.notice import on_notice, should_stop
 
 EXT = "ckpt"
@@ -70,6 +73,8 @@ class SpotrunCallback(pl.Callback):
         # Every rank must agree, or some would wait forever in save_checkpoint's barrier.
         noticed = trainer.strategy.reduce_boolean_decision(self.save_on_notice and should_stop(), all=False)
         step = trainer.global_step
+        if trainer.is_global_zero:
+            report_progress(step)
         if noticed:
             if not self.stopped_for_notice:  # min_steps can keep the loop going: save once
                 self.save(trainer)
@@ -85,12 +90,17 @@ class SpotrunCallback(pl.Callback):
             self.save(trainer)
             self.stopped_for_notice = True
 
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.is_global_zero:
+            emit("restore", step=int(checkpoint["global_step"]))
+
     def save(self, trainer: pl.Trainer) -> Path:
         path = checkpoint_path(trainer.global_step, self.dirpath, self.prefix, EXT)
         if trainer.is_global_zero:
             with atomic_path(path) as tmp:
                 trainer.save_checkpoint(tmp, weights_only=False)
             prune(self.dirpath, self.keep, self.prefix, EXT)
+            emit("save", step=trainer.global_step)
         else:
             trainer.save_checkpoint(path, weights_only=False)  # a collective: only rank zero writes
         return path
