@@ -38,6 +38,7 @@ class Cause(str, enum.Enum):
     ERROR = "error"  # the user's command failed
     CANCEL = "cancel"
     REFUSED = "refused"  # the provider would not launch (no capacity, price); never ran
+    SWITCH = "switch"  # stopped to move to the capacity the deadline policy chose; no budget used
 
 
 class Base(DeclarativeBase):

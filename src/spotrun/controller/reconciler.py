@@ -9,6 +9,12 @@ instance; instances whose token no open attempt owns are terminated as leaks.
 How an attempt ended decides what comes next (as SkyPilot's "cluster not UP = preemption"):
 agent exit 75, a RECLAIMED instance, or an instance that vanished is a *reclaim* (not the
 user's fault, its own budget); any other non-zero exit is the user's *error*.
+
+`spot: auto` with a deadline hands the choice of capacity to the market policy
+(`controller/policy.py`) on every pass: launch on spot or on-demand, wait, or move a running
+attempt to the other kind. A move marks the attempt `switch` first, then stops it with the
+cloud's notice (spot) or a graceful terminate (on-demand), so the job checkpoints; the attempt
+ends as a switch, neither a reclaim nor an error, and the job relaunches at once.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from sqlalchemy.orm import Session
 from spotrun.controller import repo
 from spotrun.controller.db import Database
 from spotrun.controller.models import ACTIVE, Attempt, Cause, Event, Job, JobStatus
+from spotrun.controller.policy import Planner, capacity, describe, label, zone_of
 from spotrun.controller.spec import JobSpec
+from spotrun.market.policy import IDLE, ON_DEMAND_KIND, SPOT_KIND, Decision
 from spotrun.paths import default_store_url
 from spotrun.providers.base import Instance, InstanceState, LaunchRefused, LaunchRequest, Provider
 
@@ -85,6 +93,8 @@ class Reconciler:
         self.exclusive = exclusive
         self.rng = rng or random.Random()
         self.passes = 0
+        self.planner = Planner(interval)
+        self._stopped: set[int] = set()  # attempts this process has stopped for a switch
 
     def provider(self, name: str) -> Provider:
         try:
@@ -118,6 +128,7 @@ class Reconciler:
                     log.exception("job %s: step failed; will retry next pass", job_id)
 
         await asyncio.gather(*(one(j) for j in job_ids))
+        self.planner.keep_only(set(job_ids))
         if self.passes % self.sweep_every == 0:
             await self.sweep_leaks()
         self.passes += 1
@@ -155,16 +166,69 @@ class Reconciler:
         elif current is not None and current.instance_id is None:
             await self._launch(job, spec, current, provider)  # crashed between row and launch
         elif current is not None:
-            await self._observe(job, spec, current, await provider.query(current.instance_id), provider)
+            inst = await provider.query(current.instance_id)
+            # A reclaim already announced, or a switch this process started, just plays out.
+            steady = inst.state not in _ENDED and inst.state != InstanceState.NOTICE
+            if not (spec.deadline_aware and steady):
+                await self._observe(job, spec, current, inst, provider)
+            elif current.cause != Cause.SWITCH.value:
+                await self._follow_policy(job, spec, attempts, current, inst, provider)
+            elif current.id not in self._stopped:  # marked by a controller that died before stopping it
+                await self._stop_for_switch(current, inst, spec, provider)
+            else:
+                await self._observe(job, spec, current, inst, provider)
         elif spec.recovery.deadline is not None and time.time() > job.submitted_at + spec.recovery.deadline:
             self._finish(job.id, JobStatus.FAILED, f"deadline of {spec.recovery.deadline:g}s passed before it completed")
+        elif spec.deadline_aware:
+            decision = self._decide(job, spec, attempts, None, provider)
+            # A refused spot launch backs off spot, not the on-demand the policy may now need.
+            refused = bool(attempts) and attempts[-1].cause == Cause.REFUSED.value and decision.kind == ON_DEMAND_KIND
+            if decision != IDLE and (time.time() >= job.next_launch_at or refused):
+                await self._launch(job, spec, self._new_attempt(job, spec, attempts, provider, decision), provider)
         elif time.time() >= job.next_launch_at:
             await self._launch(job, spec, self._new_attempt(job, spec, attempts, provider), provider)
 
-    def _new_attempt(self, job: Job, spec: JobSpec, attempts: list[Attempt], provider: Provider) -> Attempt:
+    def _decide(self, job: Job, spec: JobSpec, attempts: list[Attempt], current: Attempt | None, provider: Provider) -> Decision:
+        """Ask the job's policy; a changed decision goes into the job's timeline."""
+        decision, obs = self.planner.decide(job, spec, attempts, current, provider)
+        if self.planner.is_news(job.id, decision):
+            with self.db.session() as s:
+                repo.add_event(s, job.id, "decision", describe(spec, decision, obs), current.number if current else None)
+        return decision
+
+    async def _follow_policy(self, job: Job, spec: JobSpec, attempts: list[Attempt], att: Attempt, inst: Instance, provider: Provider) -> None:
+        """Keep the running attempt if the policy agrees; else stop it gracefully to relaunch.
+
+        IDLE never stops a running job: only the job knows it is done, the estimate may be short.
+        """
+        decision = self._decide(job, spec, attempts, att, provider)
+        if decision in (IDLE, capacity(spec, att)):
+            await self._observe(job, spec, att, inst, provider)
+            return
+        with self.db.session() as s:  # marked first: a crash after this still ends it as a switch
+            s.get(Attempt, att.id).cause = Cause.SWITCH.value
+            how = "with the cloud's notice" if inst.spot else "gracefully (SIGTERM)"
+            repo.add_event(s, job.id, "switch", f"moving attempt {att.number} to {label(spec, decision)}: stopping {inst.id} {how}", att.number)
+        await self._stop_for_switch(att, inst, spec, provider)
+
+    async def _stop_for_switch(self, att: Attempt, inst: Instance, spec: JobSpec, provider: Provider) -> None:
+        """Stop so the job checkpoints: the cloud's notice on spot, a graceful terminate otherwise."""
+        self._stopped.add(att.id)
+        try:
+            if not inst.spot:
+                raise ValueError("on-demand instances get no reclaim notice")
+            await provider.interrupt(inst.id, spec.notice.lead_time)
+        except (ValueError, NotImplementedError):  # no notice to give: a graceful stop instead
+            await provider.terminate(inst.id)
+
+    def _new_attempt(self, job: Job, spec: JobSpec, attempts: list[Attempt], provider: Provider,
+                     decision: Decision | None = None) -> Attempt:
         res = spec.resources
-        spot = res.spot if res.spot != "auto" else job.refusals < AUTO_ON_DEMAND_AFTER
-        zone = res.zones[len(attempts) % len(res.zones)] if res.zones else None
+        if decision is not None:
+            spot, zone = decision.kind == SPOT_KIND, zone_of(spec, decision)
+        else:
+            spot = res.spot if res.spot != "auto" else job.refusals < AUTO_ON_DEMAND_AFTER
+            zone = res.zones[len(attempts) % len(res.zones)] if res.zones else None
         spot_price, od_price = provider.prices(res.instance_type, zone)
         att = Attempt(
             job_id=job.id, number=(attempts[-1].number + 1) if attempts else 1,
@@ -279,11 +343,17 @@ class Reconciler:
         now = time.time()
         with self.db.session() as s:
             a, j = s.get(Attempt, att.id), s.get(Job, job.id)
+            if a.cause == Cause.SWITCH.value and cause != Cause.SUCCESS:
+                cause = Cause.SWITCH  # we stopped it: however it exited, that is not the cloud's or the user's doing
             self._close(a, j, inst.ended_at or now, cause, inst.returncode)
             rc = "" if inst.returncode is None else f" (exit {inst.returncode})"
             if cause == Cause.SUCCESS:
                 repo.add_event(s, job.id, "succeeded", f"attempt {a.number} completed", a.number)
                 self._set_finished(s, j, JobStatus.SUCCEEDED, None)
+            elif cause == Cause.SWITCH:
+                self._stopped.discard(a.id)
+                repo.add_event(s, job.id, "switched", f"attempt {a.number} stopped for the policy{rc}; relaunching", a.number)
+                j.status, j.next_launch_at = JobStatus.RECOVERING.value, now
             elif cause == Cause.RECLAIM:
                 j.reclaims += 1
                 how = "reclaimed" if inst.state != InstanceState.GONE else "lost (no heartbeat)"

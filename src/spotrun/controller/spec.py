@@ -43,6 +43,13 @@ class Resources(_Section):
     instance_type: str | None = None
     zones: list[str] = Field(default_factory=list)
     spot: bool | Literal["auto"] = True
+    # With `spot: auto` and `recovery.deadline`, `compute` (the job's time on one uninterrupted
+    # machine) turns on the deadline-aware market policy (default adaptive), which picks spot,
+    # on-demand or waiting; `changeover` is what each new instance costs before it makes
+    # progress (boot, restore, the notice lead of the one it replaces).
+    policy: Literal["adaptive", "up", "greedy"] | None = None
+    compute: Duration | None = None
+    changeover: Duration = 60.0
 
     @field_validator("spot", mode="before")
     @classmethod
@@ -109,6 +116,12 @@ class JobSpec(_Section):
             return {str(k): "" if v is None else str(v) for k, v in value.items()}
         return value
 
+    @property
+    def deadline_aware(self) -> bool:
+        """`spot: auto` with a deadline and a compute estimate: the market policy picks capacity."""
+        res = self.resources
+        return res.spot == "auto" and self.recovery.deadline is not None and res.compute is not None
+
     def display_name(self) -> str:
         return self.name or self.run.split()[0].rsplit("/", 1)[-1]
 
@@ -148,6 +161,28 @@ def _positions(node: yaml.Node, path: tuple = (), out: dict | None = None) -> di
 def _clean_loc(loc: tuple) -> tuple:
     """Drop pydantic's union-branch tags (`bool`, `literal['auto']`) so a loc is a YAML path."""
     return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p == "bool")))
+
+
+def _cross_checks(spec: JobSpec) -> list[tuple[tuple, str]]:
+    """Rules that span sections (a deadline-driven policy needs compute < deadline), as (loc, why)."""
+    res, deadline = spec.resources, spec.recovery.deadline
+    if res.spot != "auto" or deadline is None:
+        field = "compute" if res.compute is not None else "policy" if res.policy is not None else None
+        if field:
+            return [(("resources", field), "only used with `spot: auto` and `recovery.deadline`; set both or remove it")]
+        return []
+    if res.compute is None:
+        if res.policy is None:
+            return []  # plain `spot: auto`: on-demand after repeated spot refusals
+        why = "required by `policy`: how long the job runs on one uninterrupted machine, e.g. `compute: 6h`"
+        return [(("resources", "compute"), why)]
+    if res.compute <= 0 or res.changeover <= 0:
+        return [(("resources", "compute" if res.compute <= 0 else "changeover"), "must be a positive duration")]
+    if res.compute + res.changeover > deadline:
+        why = (f"compute {res.compute:g}s plus one changeover {res.changeover:g}s does not fit in "
+               f"recovery.deadline {deadline:g}s: not even on-demand can make it; give a later deadline")
+        return [(("resources", "compute"), why)]
+    return []
 
 
 def _describe(err: dict, model: type[BaseModel]) -> tuple[tuple, str]:
@@ -196,14 +231,18 @@ def parse_spec(data: Any, source: str = "<spec>", positions: dict[tuple, Pos] | 
         where = _where(source, positions or {}, ())
         raise SpecError([f"{where}: a job spec is a mapping with at least `run: COMMAND`"])
     try:
-        return JobSpec.model_validate(data)
+        spec = JobSpec.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in _dedupe_union_errors(exc.errors()):
-            loc, msg = _describe(err, JobSpec)
-            field = ".".join(str(p) for p in loc) or "(top level)"
-            problems.append((_pos(positions or {}, loc), f"{_where(source, positions or {}, loc)}: {field}: {msg}"))
-        raise SpecError([text for _, text in sorted(problems, key=lambda p: p[0])]) from None
+        found = [_describe(err, JobSpec) for err in _dedupe_union_errors(exc.errors())]
+    else:
+        found = _cross_checks(spec)
+        if not found:
+            return spec
+    problems = []
+    for loc, msg in found:
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        problems.append((_pos(positions or {}, loc), f"{_where(source, positions or {}, loc)}: {field}: {msg}"))
+    raise SpecError([text for _, text in sorted(problems, key=lambda p: p[0])])
 
 
 def _pos(positions: dict[tuple, Pos], loc: tuple) -> Pos:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class InstanceState(str, enum.Enum):
@@ -81,3 +81,18 @@ class Provider(Protocol):
 
     def prices(self, instance_type: str | None, zone: str | None) -> tuple[float, float]:
         """(spot, on-demand) $/h, for cost accounting."""
+
+
+@runtime_checkable
+class KnowsSpotAvailability(Protocol):
+    """Optional: a provider that can tell whether a spot launch would get capacity right now."""
+
+    def spot_available(self, instance_type: str | None, zone: str | None) -> bool | None:
+        """True/False when known; None when the provider cannot tell."""
+
+
+def spot_available(provider: Provider, instance_type: str | None, zone: str | None) -> bool | None:
+    """The provider's answer when it implements `KnowsSpotAvailability`, else None (unknown)."""
+    if isinstance(provider, KnowsSpotAvailability):
+        return provider.spot_available(instance_type, zone)
+    return None

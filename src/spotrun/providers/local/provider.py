@@ -236,3 +236,8 @@ class LocalProvider:
 
     def prices(self, instance_type: str | None, zone: str | None) -> tuple[float, float]:
         return market_mod.prices(self.market.cloud, instance_type)
+
+    def spot_available(self, instance_type: str | None, zone: str | None) -> bool:
+        """What a spot launch would meet now: the same check `launch` makes."""
+        epoch = self.market.epoch(self.root)  # before `now`, as in `_spec`
+        return self.market.available(zone or self.market.default_zone(), time.time(), epoch)
