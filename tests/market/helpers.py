@@ -31,3 +31,27 @@ class Script:
         d = self.decisions[min(self.i, len(self.decisions) - 1)]
         self.i += 1
         return d
+
+
+def heavy_tailed(hours: float, gap_s: float, availability: float, median_run_s: float, sigma: float = 1.5,
+                 seed: int = 0) -> Trace:
+    """Spot runs and gaps with log-normal lengths: most short, a few very long, as in the real traces.
+
+    `trace.synthetic` draws exponential (memoryless) runs, where a run's age says nothing
+    about what is left of it; real runs are not like that, and this is how to test a policy
+    that relies on it on traces it was not tuned on. Gaps share the runs' shape, scaled so
+    that the long-run fraction available is `availability`.
+    """
+    rng = np.random.default_rng(seed)
+    n = max(1, int(round(hours * 3600 / gap_s)))
+    mu_run = np.log(median_run_s)
+    mu_gap = mu_run + np.log((1 - availability) / availability)
+    out = np.zeros(n, dtype=bool)
+    i, up = 0, bool(rng.random() < availability)
+    while i < n:
+        length = max(1, int(round(rng.lognormal(mu_run if up else mu_gap, sigma) / gap_s)))
+        out[i : i + length] = up
+        i += length
+        up = not up
+    label = f"heavy(a={availability:g},median={median_run_s:g}s,seed={seed})"
+    return Trace(label, float(gap_s), out)

@@ -10,7 +10,7 @@ from spotrun.market.policies.optimum import solve
 from spotrun.market.policy import IDLE, ON_DEMAND, JobSpec, Observation, is_safe, spot
 from spotrun.market.sim import Market, simulate
 from spotrun.market.trace import resolve, synthetic
-from tests.market.helpers import Script, market
+from tests.market.helpers import Script, heavy_tailed, market
 
 G = 600.0
 
@@ -95,6 +95,37 @@ def test_adaptive_hops_zones_and_leaves_on_demand_only_for_long_spot():
         ad.decide(obs(job, i * G, 0, state=ON_DEMAND, available=(i % 2 == 0,)))
     assert ad.lifetime_s(0) < 2 * job.k * job.changeover_s / (job.k - 1)
     assert ad.decide(obs(job, 40 * G, 0, state=ON_DEMAND, available=(True,))) == ON_DEMAND
+
+
+def test_adaptive_leaves_on_demand_for_a_spot_run_that_has_lasted_not_a_fresh_one():
+    ad = make("adaptive")
+    job = JobSpec(48 * 3600, 60 * 3600, 0.2 * 3600)
+    ad.reset(job)
+    history = [True, False] * 20 + ([True] * 12 + [False]) * 3  # 20 runs of one tick, 3 of two hours
+    t = 0.0
+    for up in history:
+        ad.decide(obs(job, t, t, state=ON_DEMAND, available=(up,)))  # on on-demand, so slack stays 12 h
+        t += G
+    break_even = 2 * job.k * job.changeover_s / (job.k - 1)
+    assert ad.decide(obs(job, t, t, state=ON_DEMAND, available=(True,))) == ON_DEMAND  # a fresh run: most die at once
+    assert ad.residual_s(0) < break_even
+    t += G
+    assert ad.decide(obs(job, t, t, state=ON_DEMAND, available=(True,))) == spot(0)  # it outlived the short ones
+    assert ad.residual_s(0) > break_even
+    assert ad.lifetime_s(0) < break_even  # the mean run alone would have kept it on on-demand
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_adaptive_generalises_to_heavy_tailed_scarce_spot(seed):
+    """Held out: synthetic traces (17 % availability, runs mostly minutes, a few hours), never tuned on."""
+    job = JobSpec(48 * 3600, 60 * 3600, 0.2 * 3600)
+    m = Market.of([heavy_tailed(300, 195, 0.17, 850, seed=seed)])
+    starts = m.random_starts(job, 30, seed)
+    opt_spot = np.mean([r.spot_hours for r in solve(job, m, starts)])
+    runs = {name: [simulate(make(name), job, m, int(s)) for s in starts] for name in ("up", "adaptive")}
+    assert all(r.met_deadline for r in runs["adaptive"])
+    spot_use = {name: np.mean([r.spot_hours for r in rs]) / opt_spot for name, rs in runs.items()}
+    assert spot_use["adaptive"] >= 0.9 and spot_use["adaptive"] > spot_use["up"]
 
 
 def brute_force(job: JobSpec, m: Market, start: int = 0) -> float:

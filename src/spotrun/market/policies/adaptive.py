@@ -7,10 +7,14 @@ What it changes against Uniform Progress:
   (x 1 + `scarcity` x the fraction of time without spot): there slack is worth more as
   changeovers between on-demand and the few spot runs than as waiting. The exact
   tick-level Safety Net (`is_safe`) guards the deadline, so no 2d margin is left unused.
-- On-demand is left for spot whenever the spot run is expected to outlive the break-even
-  of two changeovers, 2kd/(k-1) (the Next-Spot-Lifetime rule, with the lifetime estimated
-  from the reclaims seen so far), and the slack after the changeover stays above
-  `od_exit` x the reserve: a looser exit than UP's hysteresis, which forgoes much spot.
+- On-demand is left for spot whenever what is left of the spot run is expected to outlive
+  the break-even of two changeovers, 2kd/(k-1) (the Next-Spot-Lifetime rule), and the slack
+  after the changeover stays above `od_exit` x the reserve: a looser exit than UP's
+  hysteresis, which forgoes much spot. What is left is judged from the run's age and the
+  runs seen so far (`residual_s`), not from their mean: real spot runs are mostly minutes
+  long with a few lasting hours, so a fresh run is a poor bet and one that has held a
+  while a good one. The mean alone made it chase short runs where they are common (an
+  8-node gang) and pass over long ones where runs are short on average (low availability).
 - With several zones it hops to the zone with capacity whose runs have lasted longest.
 Everything it learns comes from the observations, so the controller can call it live.
 Defaults were tuned on the 2022 traces only (aws-10-26-2022/*); see docs/market.md.
@@ -50,21 +54,25 @@ class Adaptive:
 
     def reset(self, job: JobSpec) -> None:
         self.job = job
-        self.up_s: list[float] = []
-        self.ends: list[int] = []
+        self.up_s: list[float] = []  # time with spot per zone
+        self.age_s: list[float] = []  # how long each zone's current run has lasted
+        self.runs: list[list[float]] = []  # the lengths of each zone's ended runs
         self.last: tuple[bool, ...] = ()
         self.seen_s = 0.0
 
     def _observe(self, obs: Observation) -> None:
         if len(self.up_s) != len(obs.available):
             self.up_s = [0.0] * len(obs.available)
-            self.ends = [0] * len(obs.available)
+            self.age_s = [0.0] * len(obs.available)
+            self.runs = [[] for _ in obs.available]
             self.last = obs.available
         for z, up in enumerate(obs.available):
             if up:
                 self.up_s[z] += obs.tick_s
+                self.age_s[z] += obs.tick_s
             elif self.last[z]:
-                self.ends[z] += 1
+                self.runs[z].append(self.age_s[z])
+                self.age_s[z] = 0.0
         self.last = obs.available
         self.seen_s += obs.tick_s
 
@@ -76,7 +84,19 @@ class Adaptive:
     def lifetime_s(self, zone: int) -> float:
         """Mean spot run length seen in `zone`, shrunk towards a prior while few runs have ended."""
         w = self.prior_weight
-        return (self.up_s[zone] + w * self.prior_lifetime_s) / (self.ends[zone] + w)
+        return (self.up_s[zone] + w * self.prior_lifetime_s) / (len(self.runs[zone]) + w)
+
+    def residual_s(self, zone: int) -> float:
+        """Expected time left of the zone's current spot run, given how long it has lasted.
+
+        Spot runs are far from memoryless: most end within minutes, but one that has held a
+        while tends to hold much longer. So the ended runs that lasted at least the current
+        one's age (it holds through this tick, which the age already counts) say how long it
+        will go on, shrunk towards the prior while few have.
+        """
+        age, w = self.age_s[zone], self.prior_weight
+        longer = [r - age for r in self.runs[zone] if r >= age - 1e-6]
+        return (sum(longer) + w * self.prior_lifetime_s) / (len(longer) + w)
 
     def decide(self, obs: Observation) -> Decision:
         self._observe(obs)
@@ -95,7 +115,7 @@ class Adaptive:
                 if state.kind != ON_DEMAND_KIND:
                     return choice
                 k, d = job.k, obs.changeover_s
-                worth = self.lifetime_s(choice.zone) > 2 * k * d / (k - 1) if k > 1 else False
+                worth = self.residual_s(choice.zone) > 2 * k * d / (k - 1) if k > 1 else False
                 floor = max(self.od_exit * reserve, 2 * d + obs.tick_s)
                 if worth and obs.slack_s - d >= floor:
                     return choice
