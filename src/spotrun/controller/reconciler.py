@@ -44,6 +44,7 @@ from spotrun.providers.base import Instance, InstanceState, LaunchRefused, Launc
 log = logging.getLogger("spotrun.controller")
 
 RECLAIMED_EXIT = 75  # the agent's exit status when the cloud took the machine
+RECLAIM_JITTER_S = 0.25  # spread of relaunches after a reclaim
 AUTO_ON_DEMAND_AFTER = 3  # `spot: auto`: consecutive spot refusals before trying on-demand
 _ENDED = {InstanceState.EXITED, InstanceState.RECLAIMED, InstanceState.TERMINATED, InstanceState.GONE}
 
@@ -123,7 +124,10 @@ class Reconciler:
         async def one(job_id: str) -> None:
             async with sem:
                 try:
-                    await self._step(job_id)
+                    relaunch_in = await self._step(job_id)
+                    if relaunch_in is not None:  # an attempt just ended: relaunch now, not a pass later
+                        await asyncio.sleep(relaunch_in)
+                        await self._step(job_id)
                 except Exception:
                     log.exception("job %s: step failed; will retry next pass", job_id)
 
@@ -153,7 +157,9 @@ class Reconciler:
 
     # --- one job -------------------------------------------------------------------------
 
-    async def _step(self, job_id: str) -> None:
+    async def _step(self, job_id: str) -> float | None:
+        """One look at one job; returns the seconds until a relaunch it just scheduled, if due
+        before the next pass."""
         with self.db.session() as s:
             job = s.get(Job, job_id)
             attempts = repo.attempts_of(s, job_id)
@@ -177,6 +183,7 @@ class Reconciler:
                 await self._stop_for_switch(current, inst, spec, provider)
             else:
                 await self._observe(job, spec, current, inst, provider)
+            return self._relaunch_due(job_id)
         elif spec.recovery.deadline is not None and time.time() > job.submitted_at + spec.recovery.deadline:
             self._finish(job.id, JobStatus.FAILED, f"deadline of {spec.recovery.deadline:g}s passed before it completed")
         elif spec.deadline_aware:
@@ -187,6 +194,15 @@ class Reconciler:
                 await self._launch(job, spec, self._new_attempt(job, spec, attempts, provider, decision), provider)
         elif time.time() >= job.next_launch_at:
             await self._launch(job, spec, self._new_attempt(job, spec, attempts, provider), provider)
+        return None
+
+    def _relaunch_due(self, job_id: str) -> float | None:
+        with self.db.session() as s:
+            j = s.get(Job, job_id)
+            if j.status != JobStatus.RECOVERING.value or j.desired != "run":
+                return None
+            wait = j.next_launch_at - time.time()
+        return max(0.0, wait) if wait < self.interval else None
 
     def _decide(self, job: Job, spec: JobSpec, attempts: list[Attempt], current: Attempt | None, provider: Provider) -> Decision:
         """Ask the job's policy; a changed decision goes into the job's timeline."""
@@ -361,7 +377,10 @@ class Reconciler:
                 if j.reclaims > spec.recovery.max_reclaims:
                     self._set_finished(s, j, JobStatus.FAILED, f"reclaimed {j.reclaims} times, over recovery.max_reclaims={spec.recovery.max_reclaims}")
                 else:
-                    self._retry(s, j, spec, 0, "reclaim")
+                    # The cloud's doing, not a fault: relaunch at once, with a little jitter to
+                    # spread a zone-wide reclaim. A zone out of capacity refuses the launch, and
+                    # refusals back off.
+                    self._recover(s, j, self.rng.uniform(0, RECLAIM_JITTER_S), "reclaim")
             else:
                 j.errors += 1
                 tail = repo.tail_lines(repo.kept_log(job.id, a.number))
@@ -372,7 +391,8 @@ class Reconciler:
                         reason += "; last log lines:\n" + "\n".join(tail)
                     self._set_finished(s, j, JobStatus.FAILED, reason)
                 else:
-                    self._retry(s, j, spec, j.errors, "error")
+                    delay = backoff_delay(spec.recovery.backoff.base, spec.recovery.backoff.max, j.errors, self.rng)
+                    self._recover(s, j, delay, "error")
         return cause
 
     @staticmethod
@@ -384,8 +404,8 @@ class Reconciler:
         j.on_demand_cost += on_demand
         j.updated_at = time.time()
 
-    def _retry(self, s: Session, j: Job, spec: JobSpec, failures: int, why: str) -> None:
-        delay = backoff_delay(spec.recovery.backoff.base, spec.recovery.backoff.max, failures, self.rng)
+    @staticmethod
+    def _recover(s: Session, j: Job, delay: float, why: str) -> None:
         j.status, j.next_launch_at = JobStatus.RECOVERING.value, time.time() + delay
         repo.add_event(s, j.id, "recovering", f"relaunching after {why} in {delay:.1f}s")
 
