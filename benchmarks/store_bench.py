@@ -192,31 +192,44 @@ def chunk_size_overhead(before: dict[str, bytes], after_dir: Path, changed: int)
     return out
 
 
-async def measure_once(name: str, url: str, ckpt: Path, shards: list[dict], work: Path) -> tuple[dict, dict]:
+async def measure_once(
+    name: str, url: str, ckpt: Path, shards: list[dict], work: Path, baseline_first: bool
+) -> tuple[dict, dict]:
     """One round on a fresh store location, each of ours right beside its baseline."""
     from spotrun.notices.base import Notice, NoticeKind
     from spotrun.store import CheckpointSync, Store, restore
 
     job = "bench"
-    if name == "file":
-        raw_up = timed(lambda: copy_fsync(ckpt, work / "raw-copy"))
-    else:
-        raw_up = timed(lambda: s3_raw_put(url, ckpt))
+
+    def raw_upload() -> float:
+        if name == "file":
+            return timed(lambda: copy_fsync(ckpt, work / "raw-copy"))
+        return timed(lambda: s3_raw_put(url, ckpt))
+
+    # Alternate which side goes first: on a shared VM the first to allocate page cache after a
+    # cleanup gets recently freed (cheap) pages, which would favour one side every round.
+    raw_up = raw_upload() if baseline_first else 0.0
     store = Store.open(url, create=True)
     full = await store.snapshot(job, 1, ckpt)
+    if not baseline_first:
+        raw_up = raw_upload()
 
     before = {f.name: f.read_bytes() for f in ckpt.iterdir()} if name == "file" else None
     changed = change_tensors(ckpt, shards, 0.10, seed=len(list(work.iterdir())))
     overhead = chunk_size_overhead(before, ckpt, changed) if before else {}
     inc = await store.snapshot(job, 1, ckpt)
 
+    def raw_download() -> float:
+        if name == "file":
+            return timed(lambda: copy_plain(work / "raw-copy", work / "raw-copy-back"))
+        return timed(lambda: s3_raw_get(url, ckpt, work / "raw-get"))
+
+    raw_down = raw_download() if baseline_first else 0.0
     start = time.perf_counter()
     await restore(store, job, work / "restore")
     restore_s = time.perf_counter() - start
-    if name == "file":
-        raw_down = timed(lambda: copy_plain(work / "raw-copy", work / "raw-copy-back"))
-    else:
-        raw_down = timed(lambda: s3_raw_get(url, ckpt, work / "raw-get"))
+    if not baseline_first:
+        raw_down = raw_download()
 
     change_tensors(ckpt, shards, 0.10, seed=len(list(work.iterdir())) + 1000)
     hook = CheckpointSync(url, ckpt, job, attempt=1)
@@ -309,7 +322,7 @@ def main() -> None:
                 where = (
                     url.replace("/store", f"/store-{i}") if name == "s3" else (work / f"store-{i}").as_uri()
                 )
-                result, found = asyncio.run(measure_once(name, where, ckpt, shards, work))
+                result, found = asyncio.run(measure_once(name, where, ckpt, shards, work, i % 2 == 0))
                 overhead = overhead or found
                 rounds.append(result)
             results.append({"backend": name, "rounds": len(rounds), **medians(rounds)})

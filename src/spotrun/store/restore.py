@@ -19,7 +19,8 @@ from pathlib import Path
 from spotrun.store.backend import Backend
 from spotrun.store.errors import CorruptSnapshot, HostileManifest, NoSnapshot, RestoreError, StoreError
 from spotrun.store.format import FileEntry, Manifest, chunk_hash, chunk_key
-from spotrun.store.store import Progress, SnapshotRef, Store, gather_all
+from spotrun.store.pipeline import SEGMENT_CHUNKS, gather_all, pwrite_all, trips
+from spotrun.store.store import Progress, SnapshotRef, Store
 
 log = logging.getLogger("spotrun.store")
 
@@ -122,48 +123,72 @@ def _swap(tmp: Path, target: Path, replace: bool) -> None:
 
 
 async def _fill(store: Store, manifest: Manifest, root: Path, progress: Progress | None) -> None:
-    slots = asyncio.Semaphore(store.concurrency)
+    """Every file in parallel, a segment of consecutive chunks per trip to a store thread: read
+    (file://: into a reused buffer; clouds: one GET per chunk, so one chunk per segment), verify,
+    and write each chunk with `pwrite` at its offset (one `pwritev` of the whole segment measured
+    4-5x slower on ext4)."""
+    local = store.backend.root is not None
+    per_trip = SEGMENT_CHUNKS if local else 1
+    slots = asyncio.Semaphore(trips(store.concurrency, per_trip))
     where = f"snapshot {manifest.id} of job {manifest.job_id!r}"
+    size = per_trip * manifest.chunk_size
 
     async def one_file(entry: FileEntry) -> None:
         path = root / entry.path
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-        await gather_all(one_chunk(path, entry, i) for i in range(len(entry.chunks)))
+        await gather_all(
+            one_segment(path, entry, first) for first in range(0, len(entry.chunks), per_trip)
+        )
         os.chmod(path, entry.mode)  # our own fresh file in our own temp directory: no symlink
         os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
 
-    async def one_chunk(path: Path, entry: FileEntry, index: int) -> None:
-        digest = entry.chunks[index]
-        offset = index * manifest.chunk_size
-        want = min(manifest.chunk_size, entry.size - offset)
+    async def one_segment(path: Path, entry: FileEntry, first: int) -> None:
+        offset = first * manifest.chunk_size
+        digests = entry.chunks[first : first + per_trip]
+        length = min(len(digests) * manifest.chunk_size, entry.size - offset)
         async with slots:
-            problem = await store.backend.run(_fetch_check_write, store.backend, digest, want, path, offset)
+            buf = store.buffers.take(size) if local else None
+            problem = await store.backend.run(
+                _fetch_check_write, store.backend, digests, manifest.chunk_size, length, buf, path, offset
+            )
+            if buf is not None:
+                store.buffers.give(buf)
         if problem:
-            raise CorruptSnapshot(f"{where}: {entry.path} {problem} chunk {digest[:16]}… in {store.url}")
+            raise CorruptSnapshot(f"{where}: {entry.path} {problem}… in {store.url}")
         if progress:
-            progress(want)
+            progress(length)
 
     await gather_all(one_file(e) for e in manifest.files)
 
 
-def _fetch_check_write(backend: Backend, digest: str, want: int, path: Path, offset: int) -> str | None:
-    """Fetch, verify and write one chunk in one trip to a store thread; what is wrong, or None.
+def _fetch_check_write(
+    backend: Backend,
+    digests: list[str],
+    chunk_size: int,
+    length: int,
+    buf: bytearray | None,
+    path: Path,
+    offset: int,
+) -> str | None:
+    """Fetch and verify a segment's chunks, then write them with one call; what is wrong, or None.
 
-    The chunk opens the file itself: a cancelled restore may leave this thread running, and a
+    The segment opens the file itself: a cancelled restore may leave this thread running, and a
     shared descriptor could by then be closed and reused for another file.
     """
-    data = backend.get_blocking(chunk_key(digest))
-    if data is None:
-        return "needs a missing"
-    if len(memoryview(data)) != want or chunk_hash(data) != digest:
-        return "has a corrupt"
+    parts = []
+    for i, digest in enumerate(digests):
+        want = min(chunk_size, length - i * chunk_size)
+        into = None if buf is None else memoryview(buf)[i * chunk_size : i * chunk_size + want]
+        data = backend.get_blocking(chunk_key(digest), into=into)
+        if data is None:
+            return f"needs a missing chunk {digest[:16]}"
+        if len(memoryview(data)) != want or chunk_hash(data) != digest:
+            return f"has a corrupt chunk {digest[:16]}"
+        parts.append(data)
     fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view, offset = view[written:], offset + written
+        pwrite_all(fd, parts, offset)
     finally:
         os.close(fd)
     return None

@@ -13,11 +13,10 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
 
 from spotrun.store.backend import Backend, ObjectInfo
 from spotrun.store.errors import Fenced, HostileManifest, NoSnapshot, StoreError
@@ -36,6 +35,7 @@ from spotrun.store.format import (
     snapshot_id,
     snapshot_name,
 )
+from spotrun.store.pipeline import SEGMENT_CHUNKS, BufferPool, gather_all, pread_into, trips
 from spotrun.store.scan import LocalFile, scan
 
 log = logging.getLogger("spotrun.store")
@@ -44,7 +44,6 @@ log = logging.getLogger("spotrun.store")
 # relies on a chunk it did not upload in this snapshot only if a manifest it builds on names
 # it, or it uploaded it itself less than half a grace period ago (docs/store-format.md, GC).
 DEFAULT_GRACE_S = 3600.0
-T = TypeVar("T")
 Progress = Callable[[int], None]  # called with a number of bytes just transferred
 
 
@@ -99,10 +98,11 @@ class Store:
     ):
         self.backend = backend
         self.url = backend.url
-        self.concurrency = concurrency or (8 if backend.scheme == "file" else 32)
+        self.concurrency = concurrency or (16 if backend.scheme == "file" else 32)
         self._new_chunk_size = chunk_size
         self._config: dict | None = None
         self._recent: dict[str, float] = {}  # chunk -> monotonic time this process uploaded it
+        self.buffers = BufferPool(keep=trips(self.concurrency, SEGMENT_CHUNKS))
 
     @classmethod
     def open(
@@ -374,7 +374,8 @@ class Store:
 
 
 class _Uploader:
-    """Reads, hashes and uploads the chunks of changed files with bounded concurrency."""
+    """Reads, hashes and uploads the chunks of changed files, a segment of consecutive chunks per
+    trip to a store thread, with a bounded number of segments in flight."""
 
     def __init__(
         self, store: Store, chunk_size: int, known: set[str], info: SnapshotInfo, progress: Progress | None
@@ -386,7 +387,8 @@ class _Uploader:
             info,
             progress,
         )
-        self.slots = asyncio.Semaphore(store.concurrency)
+        self.segment = SEGMENT_CHUNKS * chunk_size
+        self.slots = asyncio.Semaphore(trips(store.concurrency, SEGMENT_CHUNKS))
         self.inflight: dict[str, asyncio.Future] = {}
 
     def _reusable(self, digest: str) -> bool:
@@ -398,83 +400,87 @@ class _Uploader:
     async def file(self, f: LocalFile) -> FileEntry | None:
         """The file's entry, or None when it changed, was replaced or vanished while being read.
 
-        Each chunk opens the file itself and checks it is still the same version: no descriptor
-        is shared with a thread that a cancelled snapshot may leave running.
+        Each segment opens the file itself and checks it is still the same version: no
+        descriptor is shared with a thread that a cancelled snapshot may leave running.
         """
         try:
             before = os.stat(f.path, follow_symlinks=False)
         except FileNotFoundError:
             return None
-        version = _version(before)
-        count = -(-before.st_size // self.chunk_size)
-        digests = await gather_all(self._chunk(f.path, i, before.st_size, version) for i in range(count))
+        version, size = _version(before), before.st_size
+        segments = await gather_all(
+            self._segment(f.path, offset, min(self.segment, size - offset), version)
+            for offset in range(0, size, self.segment)
+        )
         try:
             after = os.stat(f.path, follow_symlinks=False)
         except FileNotFoundError:
             return None
-        if None in digests or _version(after) != version:
+        if None in segments or _version(after) != version:
             return None
-        return FileEntry(
-            f.rel, before.st_size, stat.S_IMODE(before.st_mode), before.st_mtime_ns, list(digests)
-        )
+        digests = [d for segment in segments for d in segment]
+        return FileEntry(f.rel, size, stat.S_IMODE(before.st_mode), before.st_mtime_ns, digests)
 
-    async def _chunk(self, path: Path, index: int, size: int, version: tuple) -> str | None:
-        offset = index * self.chunk_size
-        want = min(self.chunk_size, size - offset)
+    async def _segment(self, path: Path, offset: int, length: int, version: tuple) -> list[str] | None:
         async with self.slots:
-            read = await self.store.backend.run(_read_hash, path, want, offset, version)
-            if read is None:
+            buf = self.store.buffers.take(self.segment)
+            digests = await self.store.backend.run(_read_hash, path, buf, offset, length, version, self.chunk_size)
+            if digests is None:
+                self.store.buffers.give(buf)
                 return None  # changed or replaced under us: the next round takes it
-            data, digest = read
-            if self._reusable(digest):
+            mine: list[tuple[str, memoryview]] = []  # chunks this segment uploads
+            theirs: list[asyncio.Future] = []  # chunks another segment is uploading right now
+            view = memoryview(buf)
+            for i, digest in enumerate(digests):
+                if self._reusable(digest):
+                    self.info.reused_chunks += 1
+                elif digest in self.inflight:
+                    theirs.append(self.inflight[digest])
+                else:
+                    self.inflight[digest] = asyncio.get_running_loop().create_future()
+                    start = i * self.chunk_size
+                    mine.append((digest, view[start : min(start + self.chunk_size, length)]))
+            try:
+                if mine:
+                    await self.store.backend.put_many([(chunk_key(d), data) for d, data in mine])
+            except BaseException:
+                for digest, _ in mine:
+                    self.inflight.pop(digest).cancel()  # a waiter for the same chunk fails with this snapshot
+                raise  # `buf` is not returned: a store thread may still be reading it
+            uploaded = time.monotonic()
+            for digest, data in mine:
+                self.store._recent[digest] = uploaded
+                self.info.uploaded_chunks += 1
+                self.info.uploaded_bytes += len(data)
+                self.inflight[digest].set_result(None)
+            for waiting in theirs:
+                await waiting
                 self.info.reused_chunks += 1
-            elif digest in self.inflight:
-                await self.inflight[digest]
-                self.info.reused_chunks += 1
-            else:
-                done = self.inflight[digest] = asyncio.get_running_loop().create_future()
-                try:
-                    await self.store.backend.put(chunk_key(digest), data)
-                    self.store._recent[digest] = time.monotonic()
-                    self.info.uploaded_chunks += 1
-                    self.info.uploaded_bytes += len(data)
-                    done.set_result(None)
-                except BaseException:
-                    del self.inflight[digest]
-                    done.cancel()  # a waiter for the same chunk fails with this snapshot
-                    raise
+            self.store.buffers.give(buf)
         if self.progress:
-            self.progress(want)
-        return digest
+            self.progress(length)
+        return digests
 
 
 def _version(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _read_hash(path: Path, length: int, offset: int, version: tuple) -> tuple[bytes, str] | None:
-    """One chunk of this version of the file, and its hash; None if the file is not that version."""
+def _read_hash(
+    path: Path, buf: bytearray, offset: int, length: int, version: tuple, chunk_size: int
+) -> list[str] | None:
+    """Hashes of one segment of this version of the file, read into `buf` with one call; None
+    if the file is not that version."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
         if _version(os.fstat(fd)) != version:
             return None
-        data = os.pread(fd, length, offset)
+        view = memoryview(buf)[:length]
+        if pread_into(fd, view, offset) != length:
+            return None
     finally:
         os.close(fd)
-    return (data, chunk_hash(data)) if len(data) == length else None
-
-
-async def gather_all(coros: Iterable[Awaitable[T]]) -> list[T]:
-    """Like asyncio.gather, but the first failure cancels the rest (and waits for them), so no
-    sibling keeps writing into a directory that is being removed."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    return [chunk_hash(view[i : i + chunk_size]) for i in range(0, length, chunk_size)]
