@@ -17,11 +17,10 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from spotrun.notices.base import Notice
 from spotrun.sdk.atomic import save_atomic
 from spotrun.sdk.checkpoint import checkpoint_dir
 from spotrun.sdk.events import emit, report_progress
-from spotrun.sdk.notice import on_notice, should_stop
+from spotrun.sdk.notice import NoticeListener, should_stop
 
 MARKER = "spotrun-complete.json"
 
@@ -62,7 +61,7 @@ def resume_checkpoint(output_dir: str | Path | None = None) -> str | None:
     return None
 
 
-class SpotrunCallback(TrainerCallback):
+class SpotrunCallback(TrainerCallback, NoticeListener):
     """Save and stop at the end of the step in which a notice came; mark finished checkpoints.
 
         args = TrainingArguments(output_dir=str(spotrun.checkpoint_dir()), save_steps=100, ...)
@@ -75,13 +74,8 @@ class SpotrunCallback(TrainerCallback):
 
     def __init__(self, save_on_notice: bool = True) -> None:
         self.save_on_notice = save_on_notice
-        self.notice: Notice | None = None
         self.stopped_for_notice = False
-        if save_on_notice:
-            on_notice(self._record_notice)  # the agent's signal now sets a flag instead of killing us
-
-    def _record_notice(self, received: Notice) -> None:
-        self.notice = received
+        NoticeListener.__init__(self, save_on_notice)
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

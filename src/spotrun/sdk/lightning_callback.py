@@ -19,10 +19,9 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from spotrun.notices.base import Notice
 from spotrun.sdk.checkpoint import atomic_path, checkpoint_dir, checkpoint_path, list_checkpoints, prune
 from spotrun.sdk.events import emit, report_progress
-from spotrun.sdk.notice import on_notice, should_stop
+from spotrun.sdk.notice import NoticeListener, should_stop
 
 EXT = "ckpt"
 
@@ -33,7 +32,7 @@ def resume_path(dirpath: str | Path | None = None, prefix: str = "ckpt") -> str 
     return str(found[-1][1]) if found else None
 
 
-class SpotrunCallback(pl.Callback):
+class SpotrunCallback(pl.Callback, NoticeListener):
     """Save every `every_n_steps` optimizer steps and when a notice comes; then stop cleanly.
 
         callback = SpotrunCallback(every_n_steps=100)
@@ -59,13 +58,8 @@ class SpotrunCallback(pl.Callback):
         self.keep = keep
         self.save_on_notice = save_on_notice
         self.prefix = prefix
-        self.notice: Notice | None = None
         self.stopped_for_notice = False
-        if save_on_notice:
-            on_notice(self._record_notice)  # the agent's signal now sets a flag instead of killing us
-
-    def _record_notice(self, received: Notice) -> None:
-        self.notice = received
+        NoticeListener.__init__(self, save_on_notice)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

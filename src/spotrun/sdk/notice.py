@@ -125,3 +125,20 @@ def _install_signal_handler() -> None:
             previous(signum, frame)
 
     signal.signal(sig, handler)
+
+
+class NoticeListener:
+    """Base for integrations that save on a notice (the Checkpointer, the callbacks).
+
+    Registering with `on_notice` turns the agent's signal into a flag the training loop checks
+    at a safe point, instead of a default action that kills the process mid-step; `notice`
+    keeps what arrived, for the script's log.
+    """
+
+    def __init__(self, listen: bool) -> None:
+        self.notice: Notice | None = None
+        if listen:
+            on_notice(self._heard)
+
+    def _heard(self, received: Notice) -> None:
+        self.notice = received

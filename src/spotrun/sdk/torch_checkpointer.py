@@ -25,10 +25,9 @@ import numpy as np
 import torch
 
 from spotrun.sdk.atomic import atomic_write
-from spotrun.notices.base import Notice
 from spotrun.sdk.checkpoint import attempt, checkpoint_dir, checkpoint_path, list_checkpoints, prune
 from spotrun.sdk.events import emit
-from spotrun.sdk.notice import on_notice, should_stop
+from spotrun.sdk.notice import NoticeListener, should_stop
 
 FORMAT_VERSION = 1
 EXT = "pt"
@@ -143,7 +142,7 @@ class Staged:
         return self.tree
 
 
-class Checkpointer:
+class Checkpointer(NoticeListener):
     """Save and restore a PyTorch training loop into the job's checkpoint directory.
 
     Usage:
@@ -178,13 +177,7 @@ class Checkpointer:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="spotrun-ckpt") if async_save else None
         self._pending: Future[Path] | None = None
         self._stopped_at: int | None = None
-        self.notice: Notice | None = None  # the notice that stopped training, for the script's log
-        if save_on_notice:
-            # Registers now so the agent's signal sets a flag instead of killing the process.
-            on_notice(self._record_notice)
-
-    def _record_notice(self, received: Notice) -> None:
-        self.notice = received
+        NoticeListener.__init__(self, save_on_notice)
 
     def track(self, **objects: Stateful | None) -> None:
         """Add objects with state_dict()/load_state_dict() (a sampler, an EMA) to every save."""
