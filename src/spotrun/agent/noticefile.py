@@ -10,12 +10,11 @@ only matters while this machine is alive.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shlex
 from pathlib import Path
 
 from spotrun.notices.base import Notice
+from spotrun.sdk.atomic import atomic_path
 
 
 def env_path(path: Path) -> Path:
@@ -34,13 +33,8 @@ def notice_env(notice: Notice) -> dict[str, str]:
 
 
 def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.spotrun-tmp.{secrets.token_hex(4)}")
-    try:
+    with atomic_path(path, durable=False) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_notice_file(path: Path, notice: Notice) -> None:

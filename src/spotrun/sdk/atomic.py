@@ -30,27 +30,30 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterator[Path]:
     """Yield a temp path to write (also for libraries that insist on writing the file themselves).
 
     Whatever was written there replaces `path` whole once the block succeeds; on an error `path`
-    is untouched and the temp file removed.
+    is untouched and the temp file removed. `durable=False` skips the fsyncs, for files that only
+    matter while this machine is alive and must appear fast (the agent's notice file).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}{TMP_MARKER}{secrets.token_hex(4)}")
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(target.parent)
+    if durable:
+        fsync_dir(target.parent)
 
 
 @contextlib.contextmanager
