@@ -8,8 +8,12 @@ The checkpoint is `--files` torch.save shards of float32 tensors (GPT-2-medium-s
 `obstore.get` of each file (S3, 8 files in parallel, single-part PUTs: moto's multipart is
 slower than its plain PUT, so this is the stronger baseline). The S3 server is
 moto in a separate process on 127.0.0.1. Then 10 % of the tensors change (an optimizer step on
-some layers) and we measure the incremental snapshot, and a notice-triggered flush through the
-agent hook (time from `on_notice` to a published manifest). Also printed: hash throughput and,
+some layers) and we measure the incremental snapshot twice: with the touched shards saved by
+plain `torch.save(path)` (every byte of each rewritten shard must be read), and saved through
+`spotrun.atomic_write` (write hints: only changed chunks are read). Then a notice-triggered
+flush through the agent hook (time from `on_notice` to a published manifest, SDK-written
+shards). Each timed step starts after `sync`, so none pays for the previous step's write-back.
+Also printed: the time to save one shard each way, hash throughput and,
 for several chunk sizes, bytes a 10 % change would upload — the numbers behind the format's
 choice of hash and chunk size (docs/store-format.md).
 """
@@ -30,6 +34,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 MiB = 1024 * 1024
@@ -63,8 +68,22 @@ BLOCK = {
 }
 
 
-def make_shards(root: Path, total: int, files: int, seed: int) -> list[dict]:
-    """Write `files` torch.save shards of whole blocks; returns the tensors (to change them later)."""
+@dataclass
+class Checkpoint:
+    """A checkpoint directory and its tensors, always saved by the same writer: torch.save lays
+    a shard out differently for a path and for a file object, so switching writers between
+    snapshots would rewrite far more than the changed tensors."""
+
+    root: Path
+    shards: list[dict]
+    writer: str  # "plain" or "sdk" (save_shard)
+
+    def change(self, fraction: float, seed: int) -> int:
+        return change_tensors(self.root, self.shards, fraction, seed, self.writer)
+
+
+def make_checkpoint(root: Path, total: int, files: int, seed: int, writer: str) -> Checkpoint:
+    """`files` shards of whole blocks, saved by `writer`."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
@@ -74,15 +93,31 @@ def make_shards(root: Path, total: int, files: int, seed: int) -> list[dict]:
     for b in range(blocks):
         for name, nbytes in BLOCK.items():
             shards[b % len(shards)][f"h.{b}.{name}"] = torch.randn(nbytes // 4, generator=gen)
+    root.mkdir()
     for i, tensors in enumerate(shards):
-        torch.save(tensors, root / f"shard-{i:02d}.pt")
-    return shards
+        save_shard(tensors, root / f"shard-{i:02d}.pt", writer)
+    return Checkpoint(root, shards, writer)
 
 
-def change_tensors(root: Path, shards: list[dict], fraction: float, seed: int) -> int:
-    """An optimizer step on a random `fraction` of the tensors (by bytes); returns bytes changed."""
+def save_shard(tensors: dict, path: Path, writer: str) -> float:
+    """Write one shard as a job would: plain `torch.save(path)`, or through the SDK's
+    `atomic_write` (never torn, and it leaves write hints); returns the seconds it took."""
     import torch
 
+    from spotrun.sdk.atomic import atomic_write
+
+    start = time.perf_counter()
+    if writer == "plain":
+        torch.save(tensors, path)
+    else:
+        with atomic_write(path) as f:
+            torch.save(tensors, f)
+    return time.perf_counter() - start
+
+
+def change_tensors(root: Path, shards: list[dict], fraction: float, seed: int, writer: str) -> int:
+    """An optimizer step on a random `fraction` of the tensors (by bytes), the touched shards
+    saved by `writer`; returns bytes changed."""
     rng = random.Random(seed)
     every = [(i, name) for i, shard in enumerate(shards) for name in shard]
     rng.shuffle(every)
@@ -96,16 +131,21 @@ def change_tensors(root: Path, shards: list[dict], fraction: float, seed: int) -
         changed += tensor.numel() * 4
         touched.add(i)
     for i in touched:
-        torch.save(shards[i], root / f"shard-{i:02d}.pt")
+        save_shard(shards[i], root / f"shard-{i:02d}.pt", writer)
     return changed
 
 
 # -- baselines -----------------------------------------------------------------------------------
 
 
+def shards_in(root: Path) -> list[Path]:
+    """The checkpoint's files (not the SDK's write hints beside them)."""
+    return sorted(p for p in root.iterdir() if p.is_file())
+
+
 def copy_fsync(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
-    for f in sorted(src.iterdir()):
+    for f in shards_in(src):
         shutil.copyfile(f, dst / f.name)
         fd = os.open(dst / f.name, os.O_RDONLY)
         os.fsync(fd)
@@ -114,7 +154,7 @@ def copy_fsync(src: Path, dst: Path) -> None:
 
 def copy_plain(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
-    for f in sorted(src.iterdir()):
+    for f in shards_in(src):
         shutil.copyfile(f, dst / f.name)
 
 
@@ -133,7 +173,7 @@ def s3_raw_put(url: str, src: Path) -> None:
         list(
             pool.map(
                 lambda f: obstore.put(store, f"raw/{f.name}", f.read_bytes(), use_multipart=False),
-                sorted(src.iterdir()),
+                shards_in(src),
             )
         )
 
@@ -148,13 +188,20 @@ def s3_raw_get(url: str, src: Path, dst: Path) -> None:
         (dst / f.name).write_bytes(obstore.get(store, f"raw/{f.name}").bytes())
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(one, sorted(src.iterdir())))
+        list(pool.map(one, shards_in(src)))
 
 
 # -- measurements --------------------------------------------------------------------------------
 
 
+def settle() -> None:
+    """Start each timed step with no write-back pending from the step before (or from writing
+    the checkpoint): otherwise whichever side runs next pays for the other's dirty pages."""
+    os.sync()
+
+
 def timed(fn) -> float:
+    settle()
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -193,13 +240,13 @@ def chunk_size_overhead(before: dict[str, bytes], after_dir: Path, changed: int)
 
 
 async def measure_once(
-    name: str, url: str, ckpt: Path, shards: list[dict], work: Path, baseline_first: bool
+    name: str, url: str, plain: Checkpoint, sdk: Checkpoint, work: Path, baseline_first: bool
 ) -> tuple[dict, dict]:
     """One round on a fresh store location, each of ours right beside its baseline."""
     from spotrun.notices.base import Notice, NoticeKind
     from spotrun.store import CheckpointSync, Store, restore
 
-    job = "bench"
+    ckpt, job = plain.root, "bench"
 
     def raw_upload() -> float:
         if name == "file":
@@ -210,13 +257,16 @@ async def measure_once(
     # cleanup gets recently freed (cheap) pages, which would favour one side every round.
     raw_up = raw_upload() if baseline_first else 0.0
     store = Store.open(url, create=True)
+    settle()
     full = await store.snapshot(job, 1, ckpt)
     if not baseline_first:
         raw_up = raw_upload()
 
-    before = {f.name: f.read_bytes() for f in ckpt.iterdir()} if name == "file" else None
-    changed = change_tensors(ckpt, shards, 0.10, seed=len(list(work.iterdir())))
+    seed = len(list(work.iterdir()))
+    before = {f.name: f.read_bytes() for f in shards_in(ckpt)} if name == "file" else None
+    changed = plain.change(0.10, seed)
     overhead = chunk_size_overhead(before, ckpt, changed) if before else {}
+    settle()
     inc = await store.snapshot(job, 1, ckpt)
 
     def raw_download() -> float:
@@ -225,15 +275,24 @@ async def measure_once(
         return timed(lambda: s3_raw_get(url, ckpt, work / "raw-get"))
 
     raw_down = raw_download() if baseline_first else 0.0
+    settle()
     start = time.perf_counter()
     await restore(store, job, work / "restore")
     restore_s = time.perf_counter() - start
     if not baseline_first:
         raw_down = raw_download()
 
-    change_tensors(ckpt, shards, 0.10, seed=len(list(work.iterdir())) + 1000)
-    hook = CheckpointSync(url, ckpt, job, attempt=1)
+    sdk_store = Store.open(url)  # its own: no reuse of what the plain job's snapshots uploaded
+    settle()
+    full_sdk = await sdk_store.snapshot("bench-sdk", 1, sdk.root)
+    sdk_changed = sdk.change(0.10, seed)
+    settle()
+    inc_sdk = await sdk_store.snapshot("bench-sdk", 1, sdk.root)
+
+    sdk.change(0.10, seed + 1000)
+    hook = CheckpointSync(url, sdk.root, "bench-sdk", attempt=1)
     notice = Notice(provider="bench", kind=NoticeKind.RECLAIM, action="terminate", deadline=None)
+    settle()
     start = time.perf_counter()
     await hook.on_notice(notice, budget_s=None)
     notice_s = time.perf_counter() - start
@@ -251,12 +310,27 @@ async def measure_once(
         "bytes_changed": changed,
         "bytes_uploaded": inc.uploaded_bytes,
         "upload_amplification": inc.uploaded_bytes / changed,
+        "full_sdk_s": full_sdk.duration_s,
+        "incremental_sdk_s": inc_sdk.duration_s,
+        "incremental_sdk_time_ratio": inc_sdk.duration_s / full_sdk.duration_s,
+        "incremental_sdk_read_bytes": inc_sdk.read_bytes,
+        "upload_amplification_sdk": inc_sdk.uploaded_bytes / sdk_changed,
         "restore_s": restore_s,
         "raw_download_s": raw_down,
         "restore_throughput_ratio": raw_down / restore_s,
         "notice_to_durable_s": notice_s,
         "notice_uploaded_bytes": hook.last_info.uploaded_bytes,
     }, overhead
+
+
+def writer_overhead(shard: dict, work: Path, repeat: int = 5) -> dict[str, float]:
+    """Seconds to save one shard with plain torch.save and through the SDK (median, alternating)."""
+    plain, sdk = [], []
+    for _ in range(repeat):
+        for writer, times in (("plain", plain), ("sdk", sdk)):
+            settle()
+            times.append(save_shard(shard, work / f"writer-{writer}.pt", writer))
+    return {"plain_save_s": statistics.median(plain), "sdk_save_s": statistics.median(sdk)}
 
 
 def medians(rounds: list[dict]) -> dict:
@@ -313,21 +387,23 @@ def main() -> None:
             backends.append(("s3", f"s3://bench/store?endpoint={endpoint}"))
         hashes = hash_throughput()
         overhead: dict[str, float] = {}
+        writer: dict[str, float] = {}
         for name, url in backends:
-            ckpt = work / f"ckpt-{name}"
-            ckpt.mkdir()
-            shards = make_shards(ckpt, total, args.files, seed=1)
+            plain = make_checkpoint(work / f"ckpt-{name}", total, args.files, 1, "plain")
+            sdk = make_checkpoint(work / f"ckpt-{name}-sdk", total, args.files, 1, "sdk")
             rounds = []
             for i in range(args.repeat):
                 where = (
                     url.replace("/store", f"/store-{i}") if name == "s3" else (work / f"store-{i}").as_uri()
                 )
-                result, found = asyncio.run(measure_once(name, where, ckpt, shards, work, i % 2 == 0))
+                result, found = asyncio.run(measure_once(name, where, plain, sdk, work, i % 2 == 0))
                 overhead = overhead or found
                 rounds.append(result)
             results.append({"backend": name, "rounds": len(rounds), **medians(rounds)})
-            del shards
-            shutil.rmtree(ckpt, ignore_errors=True)
+            writer = writer or writer_overhead(plain.shards[0], work)
+            for ckpt in (plain, sdk):
+                shutil.rmtree(ckpt.root, ignore_errors=True)
+            del plain, sdk
     finally:
         if moto:
             moto.terminate()
@@ -339,6 +415,7 @@ def main() -> None:
         "files": args.files,
         "results": results,
         "hash_GBps": hashes,
+        "shard_save": writer,
         "chunk_size_upload_amplification": overhead,
     }
     if args.json:
@@ -361,17 +438,26 @@ def main() -> None:
         ("incremental, 10% tensors changed (s)", "incremental_s", "{:.2f}"),
         ("incremental / full time (target <= 0.2)", "incremental_time_ratio", "{:.3f}"),
         ("bytes uploaded / bytes changed (target <= 1.2)", "upload_amplification", "{:.3f}"),
+        ("full snapshot, SDK-written shards (s)", "full_sdk_s", "{:.2f}"),
+        ("incremental, SDK-written shards (s)", "incremental_sdk_s", "{:.2f}"),
+        ("  / full time (target <= 0.2)", "incremental_sdk_time_ratio", "{:.3f}"),
+        ("  bytes read (MiB)", "incremental_sdk_read_bytes", "MiB"),
+        ("  bytes uploaded / bytes changed", "upload_amplification_sdk", "{:.3f}"),
         ("restore, verified (s)", "restore_s", "{:.2f}"),
         ("raw copy back / obstore.get (s)", "raw_download_s", "{:.2f}"),
         ("restore throughput ratio (target >= 0.8)", "restore_throughput_ratio", "{:.2f}"),
-        ("notice -> durable snapshot, 10% changed (s)", "notice_to_durable_s", "{:.2f}"),
+        ("notice -> durable snapshot, 10% changed, SDK (s)", "notice_to_durable_s", "{:.2f}"),
     ]
     for label, key, fmt in rows:
-        table.add_row(label, *(fmt.format(r[key]) for r in results))
+        table.add_row(label, *(f"{r[key] / MiB:.0f}" if fmt == "MiB" else fmt.format(r[key]) for r in results))
     console = Console()
     console.print(table)
     console.print(
         "hash throughput, 1 MiB chunks (GB/s): " + ", ".join(f"{k} {v:.2f}" for k, v in hashes.items())
+    )
+    console.print(
+        f"saving one shard: torch.save {writer['plain_save_s']:.3f} s, through spotrun.atomic_write "
+        f"{writer['sdk_save_s']:.3f} s (fsync + write hints)"
     )
     console.print(
         "upload amplification by chunk size: " + ", ".join(f"{k} {v:.3f}" for k, v in overhead.items())

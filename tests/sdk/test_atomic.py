@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from spotrun.sdk.atomic import TMP_MARKER, atomic_write, is_temp_name, save_atomic
+from spotrun.sdk.atomic import TMP_MARKER, atomic_write, is_internal_name, save_atomic
+from spotrun.sdk.fingerprints import SIDECAR_DIR
 
 
 def test_save_atomic_replaces_whole(tmp_path):
@@ -12,7 +13,7 @@ def test_save_atomic_replaces_whole(tmp_path):
     save_atomic(target, b"old")
     save_atomic(target, b"new contents")
     assert target.read_bytes() == b"new contents"
-    assert [p.name for p in target.parent.iterdir()] == ["ckpt.bin"]
+    assert sorted(p.name for p in target.parent.iterdir()) == [SIDECAR_DIR, "ckpt.bin"]
 
 
 def test_text_mode(tmp_path):
@@ -28,7 +29,7 @@ def test_error_leaves_target_and_no_temp(tmp_path):
             f.write(b"half")
             raise RuntimeError("crash mid-write")
     assert target.read_bytes() == b"good"
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SIDECAR_DIR, "ckpt.bin"]
 
 
 def test_killed_writer_never_exposes_partial_file(tmp_path):
@@ -48,7 +49,7 @@ def test_killed_writer_never_exposes_partial_file(tmp_path):
     proc.wait()
     names = os.listdir(tmp_path)
     assert not target.exists()
-    assert len(names) == 1 and is_temp_name(names[0]) and TMP_MARKER in names[0]
+    assert len(names) == 1 and is_internal_name(names[0]) and TMP_MARKER in names[0]
 
 
 def test_rejects_other_modes(tmp_path):

@@ -58,7 +58,7 @@ def test_save_load_latest_keeps_newest(no_agent):
 def test_names_sort_by_step_beyond_one_digit(no_agent):
     for step in (9, 10, 1_000_000):
         spotrun.save(step, step=step, keep=5)
-    names = sorted(p.name for p in spotrun.checkpoint_dir().iterdir())
+    names = sorted(p.name for p in spotrun.checkpoint_dir().iterdir() if p.is_file())
     assert names == ["ckpt-000000000009.pkl", "ckpt-000000000010.pkl", "ckpt-000001000000.pkl"]
     assert spotrun.load_latest() == (1_000_000, 1_000_000)
 

@@ -141,7 +141,7 @@ def test_keeps_newest_n_and_staging_buffers_are_reused(ckpt_env):
         loop.train_step(model, *rest)
         ckpt.save(step)
     ckpt.close()
-    assert sorted(p.name for p in ckpt.dir.iterdir()) == ["ckpt-000000000003.pt", "ckpt-000000000004.pt"]
+    assert sorted(p.name for p in ckpt.dir.iterdir() if p.is_file()) == ["ckpt-000000000003.pt", "ckpt-000000000004.pt"]
     assert all(ckpt._stager._buffers[k] is buf for k, buf in buffers.items())
     newest = torch.load(ckpt.dir / "ckpt-000000000004.pt", weights_only=False)
     assert torch.equal(newest["objects"]["model"]["0.weight"], model[0].weight)
@@ -156,7 +156,7 @@ def test_write_error_surfaces_and_leaves_no_file(ckpt_env):
     with pytest.raises(Exception, match="pickle|lambda"):
         ckpt.wait()
     ckpt.close()
-    assert sorted(p.name for p in ckpt.dir.iterdir()) == ["ckpt-000000000001.pt"]
+    assert sorted(p.name for p in ckpt.dir.iterdir() if p.is_file()) == ["ckpt-000000000001.pt"]
 
 
 def test_restore_names_what_the_checkpoint_lacks(ckpt_env):

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from spotrun.store.format import chunk_key
+from spotrun.store.format import pack_key
 
 from .helpers import BUCKET, s3_url, tree, write
 
@@ -67,8 +67,8 @@ def test_verify_names_the_corrupt_file_and_exits_1(spotrun_cmd: list[str], tmp_p
     write(tmp_path / "src" / "ok.txt", "fine")
     info = ok_json(spotrun_cmd, "snapshot", str(store), str(tmp_path / "src"), "--job", "j")
     shown = ok_json(spotrun_cmd, "show", str(store), "--job", "j")
-    digest = next(f for f in shown["files"] if f["path"] == "weights.pt")["chunks"][0]
-    chunk = store / chunk_key(digest)
+    pack = next(f for f in shown["files"] if f["path"] == "weights.pt")["packs"][0][0]
+    chunk = store / pack_key(pack)
     data = bytearray(chunk.read_bytes())
     data[5] ^= 0xFF
     chunk.write_bytes(bytes(data))

@@ -13,9 +13,9 @@ import boto3
 import pytest
 
 from spotrun.store import CorruptSnapshot, HostileManifest, Store, StoreUnavailable, restore, verify
-from spotrun.store.format import chunk_key
+from spotrun.store.format import FileEntry
 
-from .helpers import BUCKET, s3_url, start_moto, tree, write
+from .helpers import BUCKET, chunk_place, s3_url, start_moto, tree, write
 
 CHUNK = 64 * 1024
 RLIMIT_1MIB = (  # files over 1 MiB fail with EFBIG instead of killing the child with SIGXFSZ
@@ -36,10 +36,11 @@ async def two_snapshots(store_url: str, src: Path) -> Store:
     return store
 
 
-async def flip_a_byte(store: Store, digest: str) -> None:
-    data = bytearray(await store.backend.get(chunk_key(digest)))
-    data[len(data) // 2] ^= 0x01
-    await store.backend.put(chunk_key(digest), bytes(data))
+async def flip_a_byte(store: Store, entry: FileEntry, index: int) -> None:
+    key, offset, length = chunk_place(entry, index, CHUNK)
+    data = bytearray(await store.backend.get(key))
+    data[offset + length // 2] ^= 0x01
+    await store.backend.put(key, bytes(data))
 
 
 async def test_flipped_byte_is_named_refused_and_fallen_back_from(store_url: str, tmp_path: Path) -> None:
@@ -47,7 +48,7 @@ async def test_flipped_byte_is_named_refused_and_fallen_back_from(store_url: str
     store = await two_snapshots(store_url, src)
     latest = await store.manifest(await store.find("job-1"))
     weights = next(f for f in latest.files if f.path == "weights.pt")
-    await flip_a_byte(store, weights.chunks[1])
+    await flip_a_byte(store, weights, 1)
 
     report = await verify(store, "job-1")
     assert not report.ok
@@ -68,7 +69,7 @@ async def test_missing_chunk_is_named(store_url: str, tmp_path: Path) -> None:
     store = await two_snapshots(store_url, tmp_path / "src")
     latest = await store.manifest(await store.find("job-1"))
     notes = next(f for f in latest.files if f.path == "notes.txt")
-    await store.backend.delete([chunk_key(notes.chunks[0])])
+    await store.backend.delete([chunk_place(notes, 0, CHUNK)[0]])
     report = await verify(store, "job-1", "a1-s2")
     assert [(b.path, "missing" in b.problem) for b in report.bad] == [("notes.txt", True)]
 
@@ -80,6 +81,11 @@ HOSTILE = {
     "symlink entry": {"path": "link", "type": "symlink", "target": "/etc"},
     "size bigger than chunks": {"size": 10 * CHUNK},
     "bad chunk hash": {"chunks": ["../../etc/passwd"]},
+    "bad pack name": {"packs": [["../../etc/passwd", 0, 1]]},
+    "pack run past a pack's end": {"packs": [["ab" * 32, 63, 5]]},
+    "packs missing a chunk": {"packs": []},
+    "malformed pack run": {"packs": [["ab" * 32, "0"]]},
+    "bad fingerprints": {"fingerprints": ["not hex"]},
 }
 
 

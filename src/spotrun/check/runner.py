@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spotrun.check.progress import AGENT_PREFIX, Progress, attempt_progress
+from spotrun.sdk.atomic import is_internal_name
 from spotrun.sdk.events import EVENTS_ENV
 from spotrun.workdir import copy_workdir, tree_size
 
@@ -232,6 +233,8 @@ def _stray_checkpoints(scratch: Path, before: set[Path], ckpt_dir: Path, outputs
     for path in scratch.rglob("*"):
         if not path.is_file() or path in before or path in declared or ckpt_dir in path.parents:
             continue
+        if any(is_internal_name(part) for part in path.relative_to(scratch).parts):
+            continue  # the SDK's temp files and write hints, not the user's checkpoints
         name = path.name.lower()
         if name.endswith(CHECKPOINT_LIKE) or "ckpt" in name or "checkpoint" in name:
             strays.append(str(path.relative_to(scratch)))

@@ -30,7 +30,7 @@ ckpt = typer.Typer(
         "  spotrun ckpt ls s3://bucket/ckpt --job train-7  # that job's snapshots\n\n"
         "  spotrun ckpt restore s3://bucket/ckpt ./ckpt --job train-7 --fallback\n\n"
         "  spotrun ckpt verify s3://bucket/ckpt  # exit 1 names damaged files\n\n"
-        "  spotrun ckpt gc s3://bucket/ckpt --keep 3  # retention, then unused chunks"
+        "  spotrun ckpt gc s3://bucket/ckpt --keep 3  # retention, then unused packs"
     ),
     no_args_is_help=True,
 )
@@ -208,6 +208,12 @@ def snapshot_cmd(
     attempt: int = typer.Option(
         1, "--attempt", "-a", help="The attempt number; a newer attempt's snapshots fence older ones."
     ),
+    rehash: bool = typer.Option(
+        False,
+        "--rehash",
+        help="Read every file and name every chunk by its BLAKE3 hash again, trusting neither "
+        "modification times, chunk fingerprints nor the SDK's write hints.",
+    ),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Snapshot a directory by hand (the agent does this itself during `spotrun exec`)."""
@@ -220,7 +226,7 @@ def snapshot_cmd(
 
     async def go():
         with _bytes_progress("snapshotting", total, not json_out) as progress:
-            return await store.snapshot(job, attempt, src, progress=progress)
+            return await store.snapshot(job, attempt, src, progress=progress, rehash=rehash)
 
     info = _run(go)
     if json_out:
@@ -228,7 +234,8 @@ def snapshot_cmd(
     elif info.published:
         console.print(
             f"published {info.id} of job {job}: {info.files} files, {_size(info.total_size)}, "
-            f"uploaded {_size(info.uploaded_bytes)} ({info.uploaded_chunks} new chunks, {info.reused_chunks} reused)"
+            f"read {_size(info.read_bytes)}, uploaded {_size(info.uploaded_bytes)} "
+            f"({info.uploaded_chunks} new chunks, {info.reused_chunks} reused)"
         )
     else:
         console.print(f"no snapshot published: {info.note}")
@@ -286,7 +293,7 @@ def verify_cmd(
     store = _open(store_url)
 
     async def go():
-        sizes = sum(o.size for o in await store.chunk_objects())
+        sizes = sum(o.size for o in await store.pack_objects())
         with _bytes_progress("verifying", sizes, not json_out) as progress:
             return await verify(store, job, snapshot, progress)
 
@@ -320,12 +327,12 @@ def gc_cmd(
         "--grace",
         parser=duration_arg,
         metavar="DURATION",
-        help="Only delete unreferenced chunks older than this; keep it above your longest sync.",
+        help="Only delete unreferenced packs older than this; keep it above your longest sync.",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be deleted, delete nothing."),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Apply retention and delete chunks no snapshot references (safe beside running jobs)."""
+    """Apply retention and delete packs no snapshot references (safe beside running jobs)."""
     from spotrun.store import gc
 
     store = _open(store_url)
@@ -335,8 +342,8 @@ def gc_cmd(
         return
     verb = "would delete" if dry_run else "deleted"
     console.print(
-        f"{verb} {len(report.pruned)} snapshots and {report.deleted_chunks} chunks ({_size(report.freed_bytes)}); "
-        f"{report.young_unreferenced} unreferenced chunks are younger than the grace period and stay"
+        f"{verb} {len(report.pruned)} snapshots and {report.deleted_packs} packs ({_size(report.freed_bytes)}); "
+        f"{report.young_unreferenced} unreferenced packs are younger than the grace period and stay"
     )
 
 

@@ -1,7 +1,9 @@
 """Writes that are never seen half-done: temp file in the same directory, fsync, rename.
 
 The agent's checkpoint sync skips any name containing `TMP_MARKER`, so a file being written
-through these helpers can never enter a snapshot torn.
+through these helpers can never enter a snapshot torn. Bytes written through `atomic_write`
+are also fingerprinted on the way and left as a write hint (`spotrun.sdk.fingerprints`), so the
+next snapshot reads only the chunks that changed.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from spotrun.sdk.fingerprints import SIDECAR_DIR, FingerprintingWriter, forget, record
+
 TMP_MARKER = ".spotrun-tmp."
 
 
-def is_temp_name(name: str) -> bool:
-    return TMP_MARKER in name
+def is_internal_name(name: str) -> bool:
+    """A file being written, or the write hints: never part of a snapshot or a user's files."""
+    return TMP_MARKER in name or name == SIDECAR_DIR
 
 
 def fsync_dir(directory: Path) -> None:
@@ -30,13 +35,10 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterator[Path]:
-    """Yield a temp path to write (also for libraries that insist on writing the file themselves).
-
-    Whatever was written there replaces `path` whole once the block succeeds; on an error `path`
-    is untouched and the temp file removed. `durable=False` skips the fsyncs, for files that only
-    matter while this machine is alive and must appear fast (the agent's notice file).
-    """
+def replace_via_temp(path: str | os.PathLike[str], *, durable: bool = True) -> Iterator[Path]:
+    """Yield a temp path beside `path`; whatever was written there replaces `path` once the
+    block succeeds. On an error `path` is untouched and the temp file removed. `durable=False`
+    skips the fsyncs, for files that only matter while this machine is alive."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}{TMP_MARKER}{secrets.token_hex(4)}")
@@ -57,12 +59,44 @@ def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterat
 
 
 @contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterator[Path]:
+    """Yield a temp path to write (for libraries that insist on writing the file themselves).
+
+    Whatever was written there replaces `path` whole once the block succeeds; on an error `path`
+    is untouched and the temp file removed. `durable=False` skips the fsyncs, for files that only
+    matter while this machine is alive and must appear fast (the agent's notice file). No write
+    hint: we never saw the bytes.
+    """
+    with replace_via_temp(path, durable=durable) as tmp:
+        yield tmp
+    forget(path)
+
+
+@contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
-    """Yield a file to write; on success it replaces `path` whole, on error `path` is untouched."""
+    """Yield a file to write; on success it replaces `path` whole, on error `path` is untouched.
+
+    In "wb" the file is a `FingerprintingWriter`: write it front to back (`torch.save`,
+    `pickle.dump`, `numpy.save`, `f.write`) and a write hint is left beside it; seeking or
+    writing through its descriptor works too, but leaves no hint.
+    """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write supports modes 'wb' and 'w', not {mode!r}")
-    with atomic_path(path) as tmp, open(tmp, mode) as f:
-        yield f
+    prints, written, chunk_size = None, None, 0
+    with replace_via_temp(path) as tmp, open(tmp, mode) as f:
+        if mode == "w":
+            yield f
+        else:
+            writer = FingerprintingWriter(f)
+            yield writer
+            prints, chunk_size = writer.result(), writer.chunk_size
+            if prints is not None:
+                f.flush()
+                written = os.fstat(f.fileno())
+    if prints is None:
+        forget(path)
+    else:
+        record(path, prints, chunk_size=chunk_size, written=written)
 
 
 def save_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:

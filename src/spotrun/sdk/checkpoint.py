@@ -19,6 +19,7 @@ from typing import Any
 
 from spotrun.sdk.atomic import atomic_path, atomic_write  # noqa: F401  (atomic_path: public here too)
 from spotrun.sdk.events import emit
+from spotrun.sdk.fingerprints import forget
 
 DEFAULT_DIR = "checkpoints"
 DEFAULT_PREFIX = "ckpt"
@@ -80,6 +81,7 @@ def prune(directory: Path, keep: int, prefix: str = DEFAULT_PREFIX, ext: str = "
     old = [path for _, path in list_checkpoints(directory, prefix, ext)[:-keep]]
     for path in old:
         path.unlink(missing_ok=True)
+        forget(path)
     return old
 
 

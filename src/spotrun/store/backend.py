@@ -3,8 +3,8 @@
 Keeping the storage interface this small (restic's backend idea) lets every store feature be
 tested against `file://` and an S3 server through the same code a user's bucket takes, and
 keeps obstore's exceptions from leaking: callers see `StoreUnavailable` with the URL in it.
-`file://` chunk writes and reads take a direct path of plain `os` calls (`put_many`,
-`get_blocking(into=)`): the bulk of a snapshot or restore, with no per-chunk allocation and the
+`file://` pack writes and reads take a direct path of plain `os` calls (`put_parts`,
+`read_blocking(into=)`): the bulk of a snapshot or restore, with no per-chunk allocation and the
 same write-to-temp-then-rename atomicity as obstore's LocalStore.
 """
 
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from spotrun.store.errors import StoreError, StoreUnavailable
-from spotrun.store.pipeline import gather_all, pread_into
+from spotrun.store.pipeline import pread_into, pwrite_all
 
 if TYPE_CHECKING:
     import ctypes
@@ -199,55 +199,61 @@ class Backend:
         self._written([key])
         return written
 
-    async def put_many(self, items: list[tuple[str, Buffer]]) -> None:
-        """Overwrite several objects (chunks of one segment). file:// writes them all on one
-        store thread; clouds get one concurrent PUT each."""
+    async def put_parts(self, key: str, parts: list[Buffer]) -> None:
+        """Overwrite one object made of `parts` back to back (a pack's chunks, straight from the
+        read buffer: file:// writes them with no copy, clouds get one PUT)."""
         if self.root is None:
-            await gather_all(self.put(key, data) for key, data in items)
+            await self.put(key, b"".join(parts))
             return
-        await self.run(self._write_local, items)
+        await self.run(self._write_local, key, parts)
 
-    def _write_local(self, items: list[tuple[str, Buffer]]) -> None:
-        """Temp file, start its write-back, rename over the key: a reader sees the old chunk or
+    def _write_local(self, key: str, parts: list[Buffer]) -> None:
+        """Temp file, start its write-back, rename over the key: a reader sees the old object or
         the new one whole, never a torn one. Leftover temp files (a kill -9) are ordinary
         unreferenced objects to GC, unlike obstore's hidden `#` ones."""
         assert self.root is not None
-        for key, data in items:
-            path = self.root / key
-            tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
+        path = self.root / key
+        tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    _start_writeback(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
-            except Exception as exc:
-                tmp.unlink(missing_ok=True)
-                raise self._failure(f"writing {key}", exc) from None
-            self._written([key])
+                pwrite_all(fd, parts, 0)
+                _start_writeback(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._failure(f"writing {key}", exc) from None
+        self._written([key])
 
     async def get(self, key: str) -> bytes | None:
         """The object's bytes, or None when it does not exist."""
-        data = await self.run(self.get_blocking, key)
+        data = await self.run(self.read_blocking, key)
         return None if data is None else bytes(data)
 
-    def get_blocking(self, key: str, into: memoryview | None = None) -> Buffer | None:
-        """The object's bytes without a copy (a buffer), for code already on the store's threads
-        (restore's fetch-verify-write, verify's fetch-hash); None when it does not exist.
+    def read_blocking(
+        self, key: str, start: int = 0, length: int | None = None, into: memoryview | None = None
+    ) -> Buffer | None:
+        """`length` bytes of the object from `start` (default: all of it) without a copy, for
+        code already on the store's threads (restore's fetch-verify-write, verify's
+        fetch-hash); None when it does not exist. Fewer bytes when the object is shorter.
 
         file:// reads directly (LocalStore reads ~7x slower than the page cache serves a file),
-        into `into` when the object fits there (no allocation per chunk); clouds ignore `into`.
+        into `into` when the bytes fit there (no allocation per read); clouds ignore `into` and
+        send one ranged GET.
         """
         import obstore
 
         if self.root is not None:
-            return self._guard(f"reading {key}", functools.partial(_read_local, self.root / key, into))
-        return self._guard(f"reading {key}", lambda: obstore.get(self._store, key).bytes())
+            read = functools.partial(_read_local, self.root / key, start, length, into)
+            return self._guard(f"reading {key}", read)
+        if length is None:
+            return self._guard(f"reading {key}", lambda: obstore.get(self._store, key).bytes())
+        return self._guard(
+            f"reading {key}", lambda: obstore.get_range(self._store, key, start=start, length=length)
+        )
 
     async def download(self, key: str, path: Path) -> bool:
         """Stream an object into a new file at `path` (never whole in memory); False if absent."""
@@ -309,12 +315,13 @@ class Backend:
             )
 
 
-def _read_local(path: Path, into: memoryview | None) -> Buffer:
+def _read_local(path: Path, start: int, length: int | None, into: memoryview | None) -> Buffer:
     with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        if into is not None and size <= len(into):
-            return into[: pread_into(f.fileno(), into[:size], 0)]
-        return f.read()
+        available = max(0, os.fstat(f.fileno()).st_size - start)
+        want = available if length is None else min(length, available)
+        if into is None or want > len(into):
+            into = memoryview(bytearray(want))
+        return into[: pread_into(f.fileno(), into[:want], start)]
 
 
 def _sync_local(root: Path, keys: set[str]) -> None:

@@ -1,7 +1,7 @@
 """The repository format (docs/store-format.md is the prose version of this module).
 
 <prefix>/config.json                                   format version, chunk size, hash
-<prefix>/chunks/<hh>/<hash>                             content-addressed chunk bytes
+<prefix>/packs/<hh>/<pack id>                          chunk bytes, a few chunks per object
 <prefix>/jobs/<job>/snapshots/a<attempt>-s<seq>.json    manifests, published last
 <prefix>/jobs/<job>/pins/a<attempt>-s<seq>              pinned snapshots (empty objects)
 <prefix>/jobs/<job>/outputs/attempt-<n>/<path>          job outputs, write-once
@@ -20,15 +20,18 @@ from typing import Any
 from spotrun.store.errors import HostileManifest, StoreError, StoreFormatError
 
 FORMAT_NAME = "spotrun-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HASH_NAME = "blake3"
-DEFAULT_CHUNK_SIZE = 1024 * 1024  # docs/store-format.md: measured against 0.5-8 MiB
+FINGERPRINT_NAME = "xxh3-128"
+DEFAULT_CHUNK_SIZE = 512 * 1024  # docs/store-format.md: measured against 0.5-8 MiB
+MAX_PACK_CHUNKS = 64  # what a reader accepts; writers pack up to pipeline.SEGMENT_CHUNKS (16)
 CONFIG_KEY = "config.json"
 
 _JOB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SNAP_RE = re.compile(r"^a(\d{6,})-s(\d{8,})$")
 _SNAP_ARG_RE = re.compile(r"^a?(\d+)[-.]s?(\d+)$")
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+_FINGERPRINT_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 def chunk_hash(data: bytes | memoryview) -> str:
@@ -37,8 +40,39 @@ def chunk_hash(data: bytes | memoryview) -> str:
     return blake3.blake3(data).hexdigest()
 
 
-def chunk_key(digest: str) -> str:
-    return f"chunks/{digest[:2]}/{digest}"
+def fingerprint(data: bytes | memoryview) -> str:
+    """A change detector, ~5x cheaper than `chunk_hash`: a snapshot re-hashes a chunk with BLAKE3
+    only when its fingerprint differs from the one the job's previous snapshot recorded at the
+    same place (docs/store-format.md, "Fingerprints"). Never names or verifies stored bytes."""
+    import xxhash
+
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def pack_id(digests: list[str]) -> str:
+    """Names a pack by the chunks in it, in order: the same chunks packed alike share one key."""
+    import blake3
+
+    return blake3.blake3(b"".join(bytes.fromhex(d) for d in digests)).hexdigest()
+
+
+def pack_key(pack: str) -> str:
+    return f"packs/{pack[:2]}/{pack}"
+
+
+Location = tuple[str, int]  # (pack id, slot): the chunk's bytes start at slot * chunk_size
+Run = tuple[str, int, int]  # (pack id, first slot, count): consecutive chunks of a file
+
+
+def runs_of(locations: list[Location]) -> list[Run]:
+    """Merge a file's chunk locations into runs: one ranged read per run on restore."""
+    runs: list[Run] = []
+    for pack, slot in locations:
+        if runs and runs[-1][0] == pack and runs[-1][1] + runs[-1][2] == slot:
+            runs[-1] = (pack, runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((pack, slot, 1))
+    return runs
 
 
 def check_job_id(job_id: str) -> str:
@@ -124,6 +158,14 @@ class FileEntry:
     mode: int
     mtime_ns: int
     chunks: list[str]
+    packs: list[Run]  # where the chunks are, in order
+    fingerprints: list[str] = field(default_factory=list)  # one per chunk, or none
+
+    def locations(self) -> list[Location]:
+        return [(pack, first + i) for pack, first, count in self.packs for i in range(count)]
+
+    def chunk_length(self, index: int, chunk_size: int) -> int:
+        return min(chunk_size, self.size - index * chunk_size)
 
     def matches(self, st) -> bool:
         """Unchanged since it was snapshotted (restore sets mtime, so a restored file matches too)."""
@@ -158,8 +200,12 @@ class Manifest:
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
 
-    def chunk_set(self) -> set[str]:
-        return {c for f in self.files for c in f.chunks}
+    def locations(self) -> dict[str, Location]:
+        """Where each chunk this snapshot names is stored (a writer reuses them)."""
+        return {c: loc for f in self.files for c, loc in zip(f.chunks, f.locations(), strict=True)}
+
+    def pack_set(self) -> set[str]:
+        return {run[0] for f in self.files for run in f.packs}
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -210,10 +256,34 @@ def _entry(data: dict[str, Any], chunk_size: int) -> FileEntry:
         )
     path = str(safe_relpath(data["path"]))
     size, chunks = int(data["size"]), list(data["chunks"])
+    fingerprints = list(data.get("fingerprints") or [])
+    runs = [_run(r, path) for r in data["packs"]]
     if size < 0 or not all(isinstance(c, str) and _HASH_RE.match(c) for c in chunks):
         raise HostileManifest(f"refusing manifest entry {path!r}: bad size or chunk hash")
+    if sum(count for _, _, count in runs) != len(chunks):
+        raise HostileManifest(f"refusing manifest entry {path!r}: its packs do not hold its {len(chunks)} chunks")
+    if fingerprints and (
+        len(fingerprints) != len(chunks)
+        or not all(isinstance(f, str) and _FINGERPRINT_RE.match(f) for f in fingerprints)
+    ):
+        raise HostileManifest(f"refusing manifest entry {path!r}: bad chunk fingerprints")
     if len(chunks) != -(-size // chunk_size):
         raise HostileManifest(
             f"refusing manifest entry {path!r}: {size} bytes cannot be {len(chunks)} chunks of {chunk_size}"
         )
-    return FileEntry(path, size, int(data["mode"]) & 0o777, int(data["mtime_ns"]), chunks)
+    return FileEntry(path, size, int(data["mode"]) & 0o777, int(data["mtime_ns"]), chunks, runs, fingerprints)
+
+
+def _run(data: Any, path: str) -> Run:
+    pack, first, count = data
+    if not (
+        isinstance(pack, str)
+        and _HASH_RE.match(pack)
+        and type(first) is int
+        and type(count) is int
+        and first >= 0
+        and count >= 1
+        and first + count <= MAX_PACK_CHUNKS
+    ):
+        raise HostileManifest(f"refusing manifest entry {path!r}: bad pack run {data!r}")
+    return pack, first, count

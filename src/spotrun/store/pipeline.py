@@ -16,7 +16,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-SEGMENT_CHUNKS = 8
+SEGMENT_CHUNKS = 16  # 8 MiB of the default 512 KiB chunks: one pack, one read, one GET
 
 
 def trips(concurrency: int, per_trip: int) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from spotrun.store.backend import Backend
 from spotrun.store.errors import CorruptSnapshot, HostileManifest, NoSnapshot, RestoreError, StoreError
-from spotrun.store.format import FileEntry, Manifest, chunk_hash, chunk_key
+from spotrun.store.format import FileEntry, Location, Manifest, chunk_hash, pack_key
 from spotrun.store.pipeline import SEGMENT_CHUNKS, gather_all, pwrite_all, trips
 from spotrun.store.store import Progress, SnapshotRef, Store
 
@@ -123,41 +123,42 @@ def _swap(tmp: Path, target: Path, replace: bool) -> None:
 
 
 async def _fill(store: Store, manifest: Manifest, root: Path, progress: Progress | None) -> None:
-    """Every file in parallel, a segment of consecutive chunks per trip to a store thread: read
-    (file://: into a reused buffer; clouds: one GET per chunk, so one chunk per segment), verify,
-    and write each chunk with `pwrite` at its offset (one `pwritev` of the whole segment measured
-    4-5x slower on ext4)."""
+    """Every file in parallel, a segment of up to `SEGMENT_CHUNKS` consecutive chunks per trip
+    to a store thread: one ranged read per pack the segment's chunks lie in (a file snapshotted
+    whole has one pack per segment), verify each chunk, and write each with `pwrite` at its
+    offset (one `pwritev` of the whole segment measured 4-5x slower on ext4)."""
     local = store.backend.root is not None
-    per_trip = SEGMENT_CHUNKS if local else 1
-    slots = asyncio.Semaphore(trips(store.concurrency, per_trip))
+    # file:// reads are CPU work; a cloud GET mostly waits, so more segments fly at once
+    slots = asyncio.Semaphore(trips(store.concurrency, SEGMENT_CHUNKS) if local else store.concurrency // 2)
     where = f"snapshot {manifest.id} of job {manifest.job_id!r}"
-    size = per_trip * manifest.chunk_size
+    cs = manifest.chunk_size
 
     async def one_file(entry: FileEntry) -> None:
         path = root / entry.path
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        locations = entry.locations()
         await gather_all(
-            one_segment(path, entry, first) for first in range(0, len(entry.chunks), per_trip)
+            one_segment(path, entry, first, locations[first : first + SEGMENT_CHUNKS])
+            for first in range(0, len(entry.chunks), SEGMENT_CHUNKS)
         )
         os.chmod(path, entry.mode)  # our own fresh file in our own temp directory: no symlink
         os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
 
-    async def one_segment(path: Path, entry: FileEntry, first: int) -> None:
-        offset = first * manifest.chunk_size
-        digests = entry.chunks[first : first + per_trip]
-        length = min(len(digests) * manifest.chunk_size, entry.size - offset)
+    async def one_segment(path: Path, entry: FileEntry, first: int, locations: list[Location]) -> None:
+        digests = entry.chunks[first : first + len(locations)]
+        lengths = [entry.chunk_length(first + i, cs) for i in range(len(locations))]
         async with slots:
-            buf = store.buffers.take(size) if local else None
+            buf = store.buffers.take(SEGMENT_CHUNKS * cs) if local else None
             problem = await store.backend.run(
-                _fetch_check_write, store.backend, digests, manifest.chunk_size, length, buf, path, offset
+                _fetch_check_write, store.backend, digests, lengths, locations, cs, buf, path, first * cs
             )
             if buf is not None:
                 store.buffers.give(buf)
         if problem:
             raise CorruptSnapshot(f"{where}: {entry.path} {problem}… in {store.url}")
         if progress:
-            progress(length)
+            progress(sum(lengths))
 
     await gather_all(one_file(e) for e in manifest.files)
 
@@ -165,27 +166,38 @@ async def _fill(store: Store, manifest: Manifest, root: Path, progress: Progress
 def _fetch_check_write(
     backend: Backend,
     digests: list[str],
+    lengths: list[int],
+    locations: list[Location],
     chunk_size: int,
-    length: int,
     buf: bytearray | None,
     path: Path,
     offset: int,
 ) -> str | None:
-    """Fetch and verify a segment's chunks, then write them with one call; what is wrong, or None.
+    """Fetch a segment's chunks (one read per run of them in one pack), verify each, then write
+    them; what is wrong, or None.
 
     The segment opens the file itself: a cancelled restore may leave this thread running, and a
     shared descriptor could by then be closed and reused for another file.
     """
-    parts = []
-    for i, digest in enumerate(digests):
-        want = min(chunk_size, length - i * chunk_size)
+    parts: list = []
+    i = 0
+    while i < len(digests):
+        pack, slot = locations[i]
+        n = 1
+        while i + n < len(digests) and locations[i + n] == (pack, slot + n):
+            n += 1
+        want = sum(lengths[i : i + n])
         into = None if buf is None else memoryview(buf)[i * chunk_size : i * chunk_size + want]
-        data = backend.get_blocking(chunk_key(digest), into=into)
+        data = backend.read_blocking(pack_key(pack), slot * chunk_size, want, into)
         if data is None:
-            return f"needs a missing chunk {digest[:16]}"
-        if len(memoryview(data)) != want or chunk_hash(data) != digest:
-            return f"has a corrupt chunk {digest[:16]}"
-        parts.append(data)
+            return f"needs a missing pack {pack[:16]}"
+        view = memoryview(data)
+        for k in range(n):
+            chunk = view[k * chunk_size : k * chunk_size + lengths[i + k]]
+            if len(chunk) != lengths[i + k] or chunk_hash(chunk) != digests[i + k]:
+                return f"has a corrupt chunk {digests[i + k][:16]}"
+            parts.append(chunk)
+        i += n
     fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
     try:
         pwrite_all(fd, parts, offset)
@@ -197,12 +209,19 @@ def _fetch_check_write(
 # -- verify ----------------------------------------------------------------------------------
 
 
-def _fetch_hash(backend: Backend, digest: str) -> tuple[int | None, bool]:
-    """(size, hash matches) of one stored chunk; size None when it is missing."""
-    data = backend.get_blocking(chunk_key(digest))
+def _fetch_check(backend: Backend, pack: str, slots: dict[int, tuple[str, int]], chunk_size: int) -> dict:
+    """{slot: problem} for the referenced chunks of one pack (each slot: digest, length),
+    fetched with one GET; every slot fails alike when the pack is missing."""
+    data = backend.read_blocking(pack_key(pack))
     if data is None:
-        return None, False
-    return len(memoryview(data)), chunk_hash(data) == digest
+        return {slot: f"pack {pack[:16]}… is missing" for slot in slots}
+    view = memoryview(data)
+    return {
+        slot: f"chunk {digest[:16]}… does not match its hash"
+        for slot, (digest, length) in slots.items()
+        if chunk_hash(chunk := view[slot * chunk_size : slot * chunk_size + length]) != digest
+        or len(chunk) != length
+    }
 
 
 @dataclass
@@ -237,7 +256,10 @@ async def verify(
         jobs = [job_id] if job_id else await store.jobs()
         refs = [r for job in jobs for r in await store.snapshots(job)]
     report = VerifyReport()
-    users: dict[str, list[tuple[SnapshotRef, FileEntry]]] = {}
+    # pack -> slot -> (digest, length); who uses each (pack, slot); the chunk size of each pack
+    packs: dict[str, dict[int, tuple[str, int]]] = {}
+    users: dict[Location, list[tuple[SnapshotRef, FileEntry]]] = {}
+    chunk_sizes: dict[str, int] = {}
     for ref in refs:
         try:
             manifest = await store.manifest(ref)
@@ -246,28 +268,29 @@ async def verify(
             continue
         report.snapshots += 1
         for entry in manifest.files:
-            for digest in entry.chunks:
-                users.setdefault(digest, []).append((ref, entry))
-    slots = asyncio.Semaphore(store.concurrency)
-    broken: dict[str, str] = {}
+            for i, (digest, (pack, slot)) in enumerate(zip(entry.chunks, entry.locations(), strict=True)):
+                packs.setdefault(pack, {})[slot] = (digest, entry.chunk_length(i, manifest.chunk_size))
+                chunk_sizes[pack] = manifest.chunk_size
+                users.setdefault((pack, slot), []).append((ref, entry))
+    limit = asyncio.Semaphore(max(1, store.concurrency // SEGMENT_CHUNKS))
+    broken: dict[Location, str] = {}
 
-    async def check(digest: str) -> None:
-        async with slots:
-            size, ok = await store.backend.run(_fetch_hash, store.backend, digest)
-        if size is None:
-            broken[digest] = f"chunk {digest[:16]}… is missing"
-        elif not ok:
-            broken[digest] = f"chunk {digest[:16]}… does not match its hash"
-        else:
-            report.chunks += 1
-            report.bytes += size
-        if progress:
-            progress(size or 0)
+    async def check(pack: str, slots: dict[int, tuple[str, int]]) -> None:
+        async with limit:
+            problems = await store.backend.run(_fetch_check, store.backend, pack, slots, chunk_sizes[pack])
+        for slot, (_, length) in slots.items():
+            if slot in problems:
+                broken[(pack, slot)] = problems[slot]
+            else:
+                report.chunks += 1
+                report.bytes += length
+            if progress:
+                progress(length)
 
-    await gather_all(check(d) for d in users)
+    await gather_all(check(pack, slots) for pack, slots in packs.items())
     seen: set[tuple[str, str, str]] = set()
-    for digest, problem in broken.items():
-        for ref, entry in users[digest]:
+    for location, problem in broken.items():
+        for ref, entry in users[location]:
             if (ref.job_id, ref.id, entry.path) not in seen:
                 seen.add((ref.job_id, ref.id, entry.path))
                 report.bad.append(BadFile(ref.job_id, ref.id, entry.path, problem))

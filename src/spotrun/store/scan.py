@@ -8,7 +8,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from spotrun.sdk.atomic import is_temp_name
+from spotrun.sdk.atomic import is_internal_name
 
 log = logging.getLogger("spotrun.store")
 
@@ -30,7 +30,7 @@ def scan(root: Path, exclude: frozenset[str] = frozenset()) -> list[LocalFile]:
         except FileNotFoundError:  # removed while we walk: it is simply not there this round
             return
         for entry in entries:
-            if is_temp_name(entry.name) or (not prefix and entry.name in exclude):
+            if is_internal_name(entry.name) or (not prefix and entry.name in exclude):
                 continue
             rel = f"{prefix}{entry.name}"
             try:

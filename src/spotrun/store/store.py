@@ -18,20 +18,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from spotrun.sdk.fingerprints import load as load_write_hint
 from spotrun.store.backend import Backend, ObjectInfo
 from spotrun.store.errors import Fenced, HostileManifest, NoSnapshot, StoreError
 from spotrun.store.format import (
     CONFIG_KEY,
     DEFAULT_CHUNK_SIZE,
     FileEntry,
+    Location,
     Manifest,
     check_config,
     chunk_hash,
-    chunk_key,
+    fingerprint,
     job_prefix,
     new_config,
+    pack_id,
+    pack_key,
     parse_snapshot_arg,
     parse_snapshot_name,
+    runs_of,
     snapshot_id,
     snapshot_name,
 )
@@ -76,6 +81,8 @@ class SnapshotInfo:
     uploaded_bytes: int = 0
     uploaded_chunks: int = 0
     reused_chunks: int = 0
+    read_bytes: int = 0  # read from changed files (a write hint spares unchanged chunks)
+    hashed_bytes: int = 0  # read bytes whose fingerprint had changed, so BLAKE3 named them anew
     skipped: list[str] = field(default_factory=list)  # files that changed while being read
     duration_s: float = 0.0
     note: str = ""
@@ -101,7 +108,8 @@ class Store:
         self.concurrency = concurrency or (16 if backend.scheme == "file" else 32)
         self._new_chunk_size = chunk_size
         self._config: dict | None = None
-        self._recent: dict[str, float] = {}  # chunk -> monotonic time this process uploaded it
+        # chunk -> (monotonic time this process uploaded it, where)
+        self._recent: dict[str, tuple[float, Location]] = {}
         self.buffers = BufferPool(keep=trips(self.concurrency, SEGMENT_CHUNKS))
 
     @classmethod
@@ -197,12 +205,14 @@ class Store:
         progressive: bool = False,
         exclude: frozenset[str] = frozenset(),
         progress: Progress | None = None,
+        rehash: bool = False,
     ) -> SnapshotInfo:
         """Upload what changed in `src_dir` since the newest snapshot and publish a manifest.
 
         Files are read newest first. With `progressive`, a manifest is published as soon as the
         newest changed file is durable and again at the end, so a flush cut short by a deadline
-        still leaves the most recent checkpoint file in the store.
+        still leaves the most recent checkpoint file in the store. `rehash` trusts nothing from
+        the previous snapshot: every file is read and every chunk named by BLAKE3 again.
         """
         started = time.monotonic()
         src = Path(src_dir)
@@ -221,14 +231,16 @@ class Store:
             info.note = f"{src} is empty: nothing to snapshot yet"
             return info
         unchanged = {
-            f.rel: base_files[f.rel] for f in files if f.rel in base_files and base_files[f.rel].matches(f.st)
+            f.rel: base_files[f.rel]
+            for f in files
+            if not rehash and f.rel in base_files and base_files[f.rel].matches(f.st)
         }
         changed = sorted((f for f in files if f.rel not in unchanged), key=lambda f: -f.st.st_mtime_ns)
         if base and base.attempt == attempt and not changed and len(unchanged) == len(base_files):
             info.sequence, info.note = base.sequence, "nothing changed since the latest snapshot"
             return info
         info.changed_files = len(changed)
-        upload = _Uploader(self, chunk_size, base.chunk_set() if base else set(), info, progress)
+        upload = _Uploader(self, chunk_size, base.locations() if base else {}, info, progress)
         fresh: dict[str, FileEntry] = {}
 
         def entries() -> list[FileEntry]:
@@ -239,7 +251,9 @@ class Store:
                     out.append(entry)
             return out
 
-        tasks = [asyncio.create_task(upload.file(f)) for f in changed]
+        tasks = [
+            asyncio.create_task(upload.file(f, None if rehash else base_files.get(f.rel))) for f in changed
+        ]
         try:
             for i, (f, task) in enumerate(zip(changed, tasks, strict=True)):
                 entry = await task
@@ -256,7 +270,12 @@ class Store:
             await asyncio.gather(*tasks, return_exceptions=True)  # retrieve, never leak, their errors
         final = entries()
         if base and base.attempt == attempt and final == base.files:
-            info.sequence, info.note = base.sequence, "every changed file was still being written"
+            info.sequence = base.sequence
+            info.note = (
+                "every changed file was still being written"
+                if info.skipped
+                else "nothing changed since the latest snapshot"
+            )
         else:
             await self._publish(job_id, attempt, chunk_size, final, info, started)
         info.duration_s = time.monotonic() - started
@@ -362,8 +381,8 @@ class Store:
             await self.backend.delete([r.key for r in doomed])
         return doomed
 
-    async def chunk_objects(self) -> list[ObjectInfo]:
-        return await self.backend.list("chunks")
+    async def pack_objects(self) -> list[ObjectInfo]:
+        return await self.backend.list("packs")
 
     async def all_manifests(self) -> list[tuple[SnapshotRef, Manifest]]:
         out = []
@@ -373,12 +392,22 @@ class Store:
         return out
 
 
+class _StaleHint(Exception):
+    """A chunk read back does not match the fingerprint the file's write hint recorded."""
+
+
 class _Uploader:
     """Reads, hashes and uploads the chunks of changed files, a segment of consecutive chunks per
-    trip to a store thread, with a bounded number of segments in flight."""
+    trip to a store thread, with a bounded number of segments in flight. A segment's new chunks
+    go up together as one pack."""
 
     def __init__(
-        self, store: Store, chunk_size: int, known: set[str], info: SnapshotInfo, progress: Progress | None
+        self,
+        store: Store,
+        chunk_size: int,
+        known: dict[str, Location],
+        info: SnapshotInfo,
+        progress: Progress | None,
     ):
         self.store, self.chunk_size, self.known, self.info, self.progress = (
             store,
@@ -389,77 +418,156 @@ class _Uploader:
         )
         self.segment = SEGMENT_CHUNKS * chunk_size
         self.slots = asyncio.Semaphore(trips(store.concurrency, SEGMENT_CHUNKS))
-        self.inflight: dict[str, asyncio.Future] = {}
+        self.inflight: dict[str, asyncio.Future[Location]] = {}
 
-    def _reusable(self, digest: str) -> bool:
+    def _stored(self, digest: str) -> Location | None:
+        """Where a chunk already is, if this snapshot may rely on it (GC rules, module top)."""
         if digest in self.known:
-            return True
+            return self.known[digest]
         uploaded = self.store._recent.get(digest)
-        return uploaded is not None and time.monotonic() - uploaded < DEFAULT_GRACE_S / 2
+        if uploaded is not None and time.monotonic() - uploaded[0] < DEFAULT_GRACE_S / 2:
+            return uploaded[1]
+        return None
 
-    async def file(self, f: LocalFile) -> FileEntry | None:
+    async def file(self, f: LocalFile, prior: FileEntry | None) -> FileEntry | None:
         """The file's entry, or None when it changed, was replaced or vanished while being read.
 
-        Each segment opens the file itself and checks it is still the same version: no
-        descriptor is shared with a thread that a cancelled snapshot may leave running.
+        `prior` is the file's entry in the base snapshot: a chunk whose fingerprint matches the
+        one recorded there at the same offset keeps its name without BLAKE3, and when the SDK
+        left a write hint for this version of the file (spotrun.sdk.fingerprints), such chunks
+        are not even read. Each segment opens the file itself and checks it is still the same
+        version: no descriptor is shared with a thread that a cancelled snapshot may leave
+        running.
         """
         try:
             before = os.stat(f.path, follow_symlinks=False)
         except FileNotFoundError:
             return None
-        version, size = _version(before), before.st_size
-        segments = await gather_all(
-            self._segment(f.path, offset, min(self.segment, size - offset), version)
-            for offset in range(0, size, self.segment)
-        )
+        hint = None
+        if prior is not None and prior.fingerprints:
+            hint = await asyncio.to_thread(load_write_hint, f.path, before, self.chunk_size)
+        try:
+            segments = await self._segments(f.path, before, prior, hint)
+        except _StaleHint:
+            log.warning("%s does not match its write hint; reading all of it", f.rel)
+            segments = await self._segments(f.path, before, prior, None)
         try:
             after = os.stat(f.path, follow_symlinks=False)
         except FileNotFoundError:
             return None
-        if None in segments or _version(after) != version:
+        if None in segments or _version(after) != _version(before):
             return None
-        digests = [d for segment in segments for d in segment]
-        return FileEntry(f.rel, size, stat.S_IMODE(before.st_mode), before.st_mtime_ns, digests)
+        named = [chunk for segment in segments for chunk in segment]
+        return FileEntry(
+            f.rel,
+            before.st_size,
+            stat.S_IMODE(before.st_mode),
+            before.st_mtime_ns,
+            [digest for digest, _, _ in named],
+            runs_of([where for _, _, where in named]),
+            [print_ for _, print_, _ in named],
+        )
 
-    async def _segment(self, path: Path, offset: int, length: int, version: tuple) -> list[str] | None:
+    async def _segments(
+        self, path: Path, before: os.stat_result, prior: FileEntry | None, hint: list[str] | None
+    ) -> list[list[tuple[str, str, Location]] | None]:
+        size, cs = before.st_size, self.chunk_size
+        return await gather_all(
+            self._segment(
+                path,
+                offset,
+                min(self.segment, size - offset),
+                _version(before),
+                _known(prior, size, offset, min(self.segment, size - offset), cs),
+                hint[offset // cs : offset // cs + SEGMENT_CHUNKS] if hint else [None] * SEGMENT_CHUNKS,
+            )
+            for offset in range(0, size, self.segment)
+        )
+
+    async def _segment(
+        self,
+        path: Path,
+        offset: int,
+        length: int,
+        version: tuple,
+        known: list[tuple[str, str] | None],
+        hinted: list[str | None],
+    ) -> list[tuple[str, str, Location]] | None:
+        """(name, fingerprint, location) of each chunk of the segment, uploading the new ones."""
         async with self.slots:
             buf = self.store.buffers.take(self.segment)
-            digests = await self.store.backend.run(_read_hash, path, buf, offset, length, version, self.chunk_size)
-            if digests is None:
+            result = await self.store.backend.run(
+                _read_hash, path, buf, offset, length, version, self.chunk_size, known, hinted
+            )
+            if result is None:
                 self.store.buffers.give(buf)
                 return None  # changed or replaced under us: the next round takes it
-            mine: list[tuple[str, memoryview]] = []  # chunks this segment uploads
-            theirs: list[asyncio.Future] = []  # chunks another segment is uploading right now
+            named, read = result
+            self.info.read_bytes += read
+            self.info.hashed_bytes += sum(
+                min(self.chunk_size, length - i * self.chunk_size)
+                for i, (digest, print_) in enumerate(named)
+                if known[i] != (print_, digest)
+            )
+            where: list[Location | asyncio.Future[Location] | int] = []  # int: a slot of our pack
+            new: list[tuple[str, memoryview]] = []  # the chunks of this segment's pack
+            slot_of: dict[str, int] = {}
             view = memoryview(buf)
-            for i, digest in enumerate(digests):
-                if self._reusable(digest):
+            for i, (digest, _) in enumerate(named):
+                stored = self._stored(digest)
+                if stored is not None:
                     self.info.reused_chunks += 1
-                elif digest in self.inflight:
-                    theirs.append(self.inflight[digest])
+                    where.append(stored)
+                elif digest in slot_of:
+                    where.append(slot_of[digest])
+                elif digest in self.inflight:  # another segment is uploading it right now
+                    self.info.reused_chunks += 1
+                    where.append(self.inflight[digest])
                 else:
+                    slot_of[digest] = len(new)
                     self.inflight[digest] = asyncio.get_running_loop().create_future()
                     start = i * self.chunk_size
-                    mine.append((digest, view[start : min(start + self.chunk_size, length)]))
+                    new.append((digest, view[start : min(start + self.chunk_size, length)]))
+                    where.append(slot_of[digest])
+            pack = pack_id([digest for digest, _ in new]) if new else ""
             try:
-                if mine:
-                    await self.store.backend.put_many([(chunk_key(d), data) for d, data in mine])
+                if new:
+                    await self.store.backend.put_parts(pack_key(pack), [data for _, data in new])
             except BaseException:
-                for digest, _ in mine:
+                for digest, _ in new:
                     self.inflight.pop(digest).cancel()  # a waiter for the same chunk fails with this snapshot
                 raise  # `buf` is not returned: a store thread may still be reading it
             uploaded = time.monotonic()
-            for digest, data in mine:
-                self.store._recent[digest] = uploaded
+            for slot, (digest, data) in enumerate(new):
+                self.store._recent[digest] = (uploaded, (pack, slot))
                 self.info.uploaded_chunks += 1
                 self.info.uploaded_bytes += len(data)
-                self.inflight[digest].set_result(None)
-            for waiting in theirs:
-                await waiting
-                self.info.reused_chunks += 1
+                self.inflight.pop(digest).set_result((pack, slot))
+            locations = [
+                (pack, w) if isinstance(w, int) else await w if isinstance(w, asyncio.Future) else w
+                for w in where
+            ]
             self.store.buffers.give(buf)
         if self.progress:
             self.progress(length)
-        return digests
+        return [(digest, print_, loc) for (digest, print_), loc in zip(named, locations, strict=True)]
+
+
+def _known(
+    prior: FileEntry | None, size: int, offset: int, length: int, cs: int
+) -> list[tuple[str, str] | None]:
+    """For each chunk of the segment at `offset`: (fingerprint, name) the base snapshot recorded
+    for a chunk of the same extent in a file now `size` bytes long, or None where there is
+    nothing to compare with."""
+    out: list[tuple[str, str] | None] = []
+    for i in range(offset // cs, -(-(offset + length) // cs)):
+        same = (
+            prior is not None
+            and i < len(prior.fingerprints)
+            and prior.chunk_length(i, cs) == min(cs, size - i * cs)
+        )
+        out.append((prior.fingerprints[i], prior.chunks[i]) if same else None)
+    return out
 
 
 def _version(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -467,20 +575,58 @@ def _version(st: os.stat_result) -> tuple[int, int, int, int]:
 
 
 def _read_hash(
-    path: Path, buf: bytearray, offset: int, length: int, version: tuple, chunk_size: int
-) -> list[str] | None:
-    """Hashes of one segment of this version of the file, read into `buf` with one call; None
-    if the file is not that version."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        if _version(os.fstat(fd)) != version:
+    path: Path,
+    buf: bytearray,
+    offset: int,
+    length: int,
+    version: tuple,
+    chunk_size: int,
+    known: list[tuple[str, str] | None],
+    hinted: list[str | None],
+) -> tuple[list[tuple[str, str]], int] | None:
+    """(name, fingerprint) of each chunk of one segment of this version of the file, and the
+    bytes read; None if the file is not that version.
+
+    A chunk whose fingerprint equals its `known` one keeps the known name: BLAKE3 runs only on
+    chunks that changed. A chunk whose write hint already equals its `known` fingerprint is not
+    read at all; the others are read, a run of consecutive chunks per call, into `buf`.
+    """
+    cs = chunk_size
+    skip = [h is not None and k is not None and h == k[0] for h, k in zip(hinted, known, strict=False)]
+    view = memoryview(buf)[:length]
+    read = 0
+    if not all(skip):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
             return None
-        view = memoryview(buf)[:length]
-        if pread_into(fd, view, offset) != length:
-            return None
-    finally:
-        os.close(fd)
-    return [chunk_hash(view[i : i + chunk_size]) for i in range(0, length, chunk_size)]
+        try:
+            if _version(os.fstat(fd)) != version:
+                return None
+            first = 0
+            while first < len(known):
+                if skip[first]:
+                    first += 1
+                    continue
+                last = first
+                while last < len(known) and not skip[last]:
+                    last += 1
+                start, end = first * cs, min(last * cs, length)
+                if pread_into(fd, view[start:end], offset + start) != end - start:
+                    return None
+                read += end - start
+                first = last
+        finally:
+            os.close(fd)
+    named = []
+    for i, was in enumerate(known):
+        if skip[i]:
+            assert was is not None
+            named.append((was[1], was[0]))
+            continue
+        data = view[i * cs : (i + 1) * cs]
+        print_ = fingerprint(data)
+        if hinted[i] is not None and hinted[i] != print_:
+            raise _StaleHint
+        named.append((was[1] if was is not None and was[0] == print_ else chunk_hash(data), print_))
+    return named, read
