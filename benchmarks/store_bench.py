@@ -261,6 +261,9 @@ async def measure_once(
     full = await store.snapshot(job, 1, ckpt)
     if not baseline_first:
         raw_up = raw_upload()
+    sdk_store = Store.open(url)  # its own: no reuse of what the plain job's snapshots uploaded
+    settle()
+    full_sdk = await sdk_store.snapshot("bench-sdk", 1, sdk.root)
 
     seed = len(list(work.iterdir()))
     before = {f.name: f.read_bytes() for f in shards_in(ckpt)} if name == "file" else None
@@ -282,9 +285,6 @@ async def measure_once(
     if not baseline_first:
         raw_down = raw_download()
 
-    sdk_store = Store.open(url)  # its own: no reuse of what the plain job's snapshots uploaded
-    settle()
-    full_sdk = await sdk_store.snapshot("bench-sdk", 1, sdk.root)
     sdk_changed = sdk.change(0.10, seed)
     settle()
     inc_sdk = await sdk_store.snapshot("bench-sdk", 1, sdk.root)
