@@ -128,6 +128,10 @@ async def test_unknown_format_version_is_refused(store_url: str, tmp_path: Path)
     await store.backend.put(CONFIG_KEY, json.dumps(config).encode())
     with pytest.raises(StoreFormatError, match="v99.*Upgrade spotrun"):
         await Store.open(store_url).jobs()
+    config["version"] = 1  # format v1: one object per chunk
+    await store.backend.put(CONFIG_KEY, json.dumps(config).encode())
+    with pytest.raises(StoreFormatError, match="v1.*older spotrun wrote it.*new store URL"):
+        await Store.open(store_url).jobs()
 
 
 async def test_file_rewritten_while_read_waits_for_the_next_round(tmp_path: Path) -> None:

@@ -119,9 +119,15 @@ def check_config(raw: bytes, url: str) -> dict[str, Any]:
             f"{url}/{CONFIG_KEY} is not a spotrun store config; is this the right URL?"
         ) from None
     if name != FORMAT_NAME or version != FORMAT_VERSION:
+        what = (
+            "Upgrade spotrun (pip install -U spotrun) to read it."
+            if name != FORMAT_NAME or version > FORMAT_VERSION
+            else "An older spotrun wrote it: restore from it with that version, and give this "
+            "one a new store URL."
+        )
         raise StoreFormatError(
             f"{url} uses store format {name} v{version}; this spotrun reads {FORMAT_NAME} "
-            f"v{FORMAT_VERSION}. Upgrade spotrun (pip install -U spotrun) to read it."
+            f"v{FORMAT_VERSION}. {what}"
         )
     if config.get("hash") != HASH_NAME or int(config.get("chunk_size", 0)) <= 0:
         raise StoreFormatError(f"{url}/{CONFIG_KEY} names hash {config.get('hash')!r}; expected {HASH_NAME}")
