@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 
 from spotrun.notices.base import Notice
-from spotrun.sdk.atomic import atomic_path
+from spotrun.sdk.atomic import replace_via_temp
 
 
 def env_path(path: Path) -> Path:
@@ -33,7 +33,7 @@ def notice_env(notice: Notice) -> dict[str, str]:
 
 
 def _replace(path: Path, text: str) -> None:
-    with atomic_path(path, durable=False) as tmp:
+    with replace_via_temp(path, durable=False) as tmp:
         tmp.write_text(text)
 
 

@@ -38,7 +38,8 @@ def fsync_dir(directory: Path) -> None:
 def replace_via_temp(path: str | os.PathLike[str], *, durable: bool = True) -> Iterator[Path]:
     """Yield a temp path beside `path`; whatever was written there replaces `path` once the
     block succeeds. On an error `path` is untouched and the temp file removed. `durable=False`
-    skips the fsyncs, for files that only matter while this machine is alive."""
+    skips the fsyncs, for files that only matter while this machine is alive and must appear
+    fast (the agent's notice file). Leaves write hints alone: see `atomic_path`."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}{TMP_MARKER}{secrets.token_hex(4)}")
@@ -64,8 +65,8 @@ def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterat
 
     Whatever was written there replaces `path` whole once the block succeeds; on an error `path`
     is untouched and the temp file removed. `durable=False` skips the fsyncs, for files that only
-    matter while this machine is alive and must appear fast (the agent's notice file). No write
-    hint: we never saw the bytes.
+    matter while this machine is alive. No write hint: we never saw the bytes, so any hint of
+    the file's previous version is removed.
     """
     with replace_via_temp(path, durable=durable) as tmp:
         yield tmp

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from spotrun.store.backend import Backend
 from spotrun.store.errors import CorruptSnapshot, HostileManifest, NoSnapshot, RestoreError, StoreError
-from spotrun.store.format import FileEntry, Location, Manifest, chunk_hash, pack_key
+from spotrun.store.format import FileEntry, Location, Manifest, chunk_hash, pack_key, runs_of
 from spotrun.store.pipeline import SEGMENT_CHUNKS, gather_all, pwrite_all, trips
 from spotrun.store.store import Progress, SnapshotRef, Store
 
@@ -181,11 +181,7 @@ def _fetch_check_write(
     """
     parts: list = []
     i = 0
-    while i < len(digests):
-        pack, slot = locations[i]
-        n = 1
-        while i + n < len(digests) and locations[i + n] == (pack, slot + n):
-            n += 1
+    for pack, slot, n in runs_of(locations):
         want = sum(lengths[i : i + n])
         into = None if buf is None else memoryview(buf)[i * chunk_size : i * chunk_size + want]
         data = backend.read_blocking(pack_key(pack), slot * chunk_size, want, into)
