@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import shutil
@@ -30,6 +31,10 @@ from spotrun.workdir import copy_workdir, tree_size
 EXIT_RECLAIMED = 75
 CHECKPOINT_LIKE = (".pt", ".pth", ".ckpt", ".pkl", ".safetensors", ".bin", ".npz", ".h5")
 ESCALATION_MARK = "(SIGKILL)"
+# The check tests the script's resume, not the metadata poll: a fast poll makes each notice land
+# where it was aimed, and NOTICE_REACH_S keeps reclaim points far enough from the end for it to.
+POLL_INTERVAL = "0.1s"
+NOTICE_REACH_S = 1.0
 
 
 class CheckError(Exception):
@@ -132,8 +137,12 @@ async def run_check(config: CheckConfig, report: Report = lambda _msg: None) -> 
 def _choose_triggers(baseline: AttemptResult, count: int, rng: random.Random) -> list[Trigger]:
     steps = sorted(set(baseline.progress.steps))
     if len(steps) >= count + 2:
-        # distinct steps inside the middle of the run: never before the first or after the last
-        inner = steps[max(1, len(steps) // 10): len(steps) - max(1, len(steps) // 10)]
+        # distinct steps inside the middle of the run: never before the first or after the last,
+        # nor so late that the script could finish before the notice reaches it
+        tail = max(1, len(steps) // 10, math.ceil(NOTICE_REACH_S * len(steps) / max(baseline.duration, 1e-9)))
+        inner = steps[max(1, len(steps) // 10): len(steps) - tail]
+        if len(inner) < count:
+            inner = steps[1:-1]
         picks = rng.sample(inner, min(count, len(inner)))
         return [Trigger(step=s) for s in sorted(picks)]
     return [Trigger(after_s=baseline.duration * rng.uniform(0.25, 0.6)) for _ in range(count)]
@@ -156,7 +165,7 @@ async def _attempt(
         sys.executable, "-m", "spotrun", "exec", "--provider", "aws", "--metadata-url", url,
         "--job-id", f"check-{run}", "--attempt", str(number), "--signal", config.signal,
         "--kill-margin", "1s", "--checkpoint-dir", str(ckpt_dir), "--store", store_url,
-        "--sync-interval", "2s", "--", *config.command,
+        "--sync-interval", "2s", "--poll-interval", POLL_INTERVAL, "--", *config.command,
     ]
     env = os.environ | {EVENTS_ENV: str(events), "PYTHONUNBUFFERED": "1"}
     env.pop("SPOTRUN_CHECKPOINT_DIR", None)
