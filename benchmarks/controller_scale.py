@@ -72,7 +72,7 @@ class InstantProvider:
 def measure(db_url: str, jobs: int) -> dict:
     from spotrun.controller.db import Database
     from spotrun.controller.reconciler import Reconciler
-    from spotrun.controller.repo import create_job, list_views
+    from spotrun.controller.repo import count_active, create_job, list_views
     from spotrun.controller.spec import load_spec
 
     db = Database(db_url)
@@ -86,9 +86,11 @@ def measure(db_url: str, jobs: int) -> dict:
         t0 = time.perf_counter()
         asyncio.run(reconciler.run_once())
         passes.append(time.perf_counter() - t0)
-        if reconciler.passes > RUN_PASSES + 1 and all(v["status"] == "SUCCEEDED" for v in list_views(db)):
+        if reconciler.passes > RUN_PASSES + 1 and count_active(db) == 0:
             break
     total = time.perf_counter() - started
+    unfinished = [v for v in list_views(db) if v["status"] != "SUCCEEDED"]
+    assert not unfinished, f"{len(unfinished)} jobs did not succeed, e.g. {unfinished[0]}"
     db.close()
     return {
         "jobs": jobs, "passes": len(passes), "total_s": round(total, 3),
@@ -100,7 +102,9 @@ def measure(db_url: str, jobs: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--pg-url", help="also measure on this PostgreSQL database (it must be empty)")
+    parser.add_argument(
+        "--pg-url", help="also measure on this PostgreSQL server: each run gets a fresh database there, dropped after"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     scratch = tempfile.TemporaryDirectory(prefix="spotrun-bench-")

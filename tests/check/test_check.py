@@ -145,3 +145,9 @@ def test_usage_errors_exit_2(tmp_path):
         capture_output=True, text=True,
     )
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "spotrun", "check", "--workdir", str(tmp_path), "--signal", "NOPE", "--", "true"],
+        capture_output=True, text=True,
+    )
+    # refused before any run, not blamed on the script after its baseline
+    assert proc.returncode == 2 and "not a signal: 'NOPE'" in " ".join(proc.stderr.split()), proc.stderr

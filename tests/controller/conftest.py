@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ControllerProcess, free_port
+from tests.conftest import free_port
+
+from .helpers import ControllerProcess
 
 
 

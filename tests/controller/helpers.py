@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -13,12 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 WAIT_S = 120.0  # generous: the machine is shared and loaded
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = WAIT_S, what: str = "condition") -> object:

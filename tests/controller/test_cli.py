@@ -43,6 +43,22 @@ def test_import_spotrun_stays_light() -> None:
     assert spotrun.launch is spotrun.controller.api.launch
 
 
+def test_controllers_started_at_once_are_one(spotrun_cmd: list[str], db_url: str) -> None:
+    """A sweep script launching jobs in parallel: every starter gets the one daemon, none fails."""
+    from spotrun.controller.service import stop_daemon
+
+    starters = [
+        subprocess.Popen([*spotrun_cmd, "controller", "start", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    try:
+        results = [(p.wait(WAIT_S), *p.communicate()) for p in starters]
+        assert [code for code, _, _ in results] == [0, 0, 0], results
+        assert len({json.loads(out)["pid"] for _, out, _ in results}) == 1, results
+    finally:
+        stop_daemon()
+
+
 def test_bad_spec_is_refused_with_line_numbers(tmp_path: Path, spotrun_cmd: list[str], db_url: str) -> None:
     job = tmp_path / "job.yaml"
     job.write_text("run: python train.py\nresources:\n  spot: sometimes\n")

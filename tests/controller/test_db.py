@@ -43,7 +43,7 @@ def test_concurrent_first_opens_do_not_collide(db_url: str) -> None:
 
 
 def test_unreachable_postgres_is_a_clear_error() -> None:
-    from .helpers import free_port
+    from tests.conftest import free_port
 
     url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nope"
     with pytest.raises(DatabaseError, match=r"cannot open the spotrun database postgresql\+psycopg://postgres@127.0.0.1:\d+/nope.*SPOTRUN_DB_URL"):

@@ -33,6 +33,8 @@ from spotrun.notices.base import Notice, NoticeKind, Watcher
 log = logging.getLogger("spotrun.agent")
 
 EXIT_RECLAIMED = 75  # EX_TEMPFAIL: the controller resumes the job instead of counting a failure
+LOG_PREFIX = "spotrun:"  # on each agent log line, so `spotrun check` tells them from the command's output
+ESCALATION_MARK = "(SIGKILL)"  # in the log line of a command killed at the deadline
 EXIT_HOOK_FAILED = 70  # EX_SOFTWARE: preparing the job's state failed; the command never ran
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
@@ -340,8 +342,8 @@ class Supervisor:
     async def _escalate(self, delay: float) -> None:
         await asyncio.sleep(delay)
         if self._group_alive():
-            log.warning("the command is still running %s after the notice; killing it (SIGKILL)",
-                        format_duration(delay))
+            log.warning("the command is still running %s after the notice; killing it %s",
+                        format_duration(delay), ESCALATION_MARK)
             self._kill_group(signal.SIGKILL)
 
     def _start_helper(self, notice: Notice) -> None:

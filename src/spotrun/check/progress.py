@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spotrun.sdk.events import read_events
+from spotrun.agent.supervisor import LOG_PREFIX
+from spotrun.sdk.events import parse_event, read_events
 
 _STEP_LINE = re.compile(r"\bstep[\s=:#]*(\d+)", re.IGNORECASE)
-AGENT_PREFIX = "spotrun:"
 
 
 @dataclass
@@ -55,14 +55,17 @@ def from_output(log: Path) -> Progress:
         lines = log.read_text(errors="replace").splitlines()
     except FileNotFoundError:
         lines = []
-    for line in lines:
-        if line.startswith(AGENT_PREFIX):
-            continue
-        if match := _STEP_LINE.search(line):
-            progress.steps.append(int(match.group(1)))
+    progress.steps = [step for line in lines if (step := _output_step(line)) is not None]
     if not progress.steps:
         progress.source = "none"
     return progress
+
+
+def _output_step(line: str) -> int | None:
+    if line.startswith(LOG_PREFIX):
+        return None  # the agent's own lines
+    match = _STEP_LINE.search(line)
+    return int(match.group(1)) if match else None
 
 
 def attempt_progress(events: Path, log: Path, attempt: int) -> Progress:
@@ -75,3 +78,47 @@ def _merge(events: Progress, output: Progress) -> Progress:
     if output.source == "none" and (events.saves or events.restores):
         output.source = "events"
     return output
+
+
+class StepWatch:
+    """The highest step an attempt has reported so far, as `attempt_progress(...).last` would say,
+    reading only what was appended since the last look: the check asks 20 times a second."""
+
+    def __init__(self, events: Path, log: Path, attempt: int) -> None:
+        self.attempt = str(attempt)
+        self._events, self._log = _Tail(events), _Tail(log)
+        self._from_events: int | None = None
+        self._from_output: int | None = None
+
+    def last(self) -> int | None:
+        for line in self._events.new_lines():
+            record = parse_event(line)
+            if record and record["event"] == "progress" and str(record.get("attempt")) == self.attempt:
+                self._from_events = _max(self._from_events, _step(record))
+        if self._from_events is not None:
+            return self._from_events
+        for line in self._log.new_lines():
+            self._from_output = _max(self._from_output, _output_step(line))
+        return self._from_output
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+class _Tail:
+    """Complete lines appended to a file since the last call; a line still being written waits."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+
+    def new_lines(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        return data[:end].decode(errors="replace").splitlines()

@@ -23,14 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spotrun.check.progress import AGENT_PREFIX, Progress, attempt_progress
+from spotrun.agent.signals import parse_signal
+from spotrun.agent.supervisor import ESCALATION_MARK, EXIT_RECLAIMED, LOG_PREFIX
+from spotrun.check.progress import Progress, StepWatch, attempt_progress
 from spotrun.sdk.atomic import is_internal_name
 from spotrun.sdk.events import EVENTS_ENV
 from spotrun.workdir import copy_workdir, tree_size
 
-EXIT_RECLAIMED = 75
 CHECKPOINT_LIKE = (".pt", ".pth", ".ckpt", ".pkl", ".safetensors", ".bin", ".npz", ".h5")
-ESCALATION_MARK = "(SIGKILL)"
 # The check tests the script's resume, not the metadata poll: a fast poll makes each notice land
 # where it was aimed, and NOTICE_REACH_S keeps reclaim points far enough from the end for it to.
 POLL_INTERVAL = "0.1s"
@@ -60,6 +60,10 @@ class CheckConfig:
             raise CheckError("no command to check: give it after `--`, e.g. spotrun check -- python train.py")
         if self.reclaims < 1:
             raise CheckError(f"--reclaims must be at least 1, got {self.reclaims}")
+        try:
+            self.signal = parse_signal(self.signal).name
+        except ValueError as exc:
+            raise CheckError(f"--signal: {exc}") from None
         if self.lead_time <= 1:
             raise CheckError(f"--lead-time must be more than 1s, got {self.lead_time}s")
         if not self.workdir.is_dir():
@@ -180,8 +184,9 @@ async def _attempt(
             )
             waiting = asyncio.ensure_future(proc.wait())
             if trigger is not None:
+                watch = StepWatch(events, log, number)
                 while not waiting.done():
-                    if _reached(trigger, events, log, number, time.monotonic() - started):
+                    if _reached(trigger, watch, time.monotonic() - started):
                         emulator.trigger(kind="reclaim", action="terminate", lead_s=config.lead_time)
                         notice_after = time.monotonic() - started
                         break
@@ -193,7 +198,7 @@ async def _attempt(
     finally:
         await emulator.stop()
     duration = time.monotonic() - started
-    agent_lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith(AGENT_PREFIX)]
+    agent_lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith(LOG_PREFIX)]
     outputs = _keep_outputs(config, scratch, root / "outputs" / f"{run}-{number}")
     strays = _stray_checkpoints(scratch, before, ckpt_dir, config.outputs)
     shutil.rmtree(scratch, ignore_errors=True)  # the machine's disk goes with it
@@ -216,10 +221,10 @@ async def _stop_hung(proc: asyncio.subprocess.Process, waiting: asyncio.Future, 
         await waiting
 
 
-def _reached(trigger: Trigger, events: Path, log: Path, attempt: int, elapsed: float) -> bool:
+def _reached(trigger: Trigger, watch: StepWatch, elapsed: float) -> bool:
     if trigger.step is None:
         return elapsed >= (trigger.after_s or 0.0)
-    last = attempt_progress(events, log, attempt).last
+    last = watch.last()
     return last is not None and last >= trigger.step
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from spotrun.check.runner import EXIT_RECLAIMED, AttemptResult, CheckConfig
+from spotrun.agent.supervisor import EXIT_RECLAIMED
+from spotrun.check.runner import AttemptResult, CheckConfig
 
 RESUME_ADVICE = "load the newest checkpoint from $SPOTRUN_CHECKPOINT_DIR before training (spotrun.load_latest(), or Checkpointer.restore())"
 PROGRESS_ADVICE = "call spotrun.report_progress(step) each step (or print 'step N') so the check can see where each attempt started and stopped"
@@ -48,7 +49,6 @@ class Verdict:
     attempts: int
     progress_source: str
     workdir: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,7 +62,6 @@ class Verdict:
             "progress_source": self.progress_source,
             "findings": [vars(f) for f in self.findings],
             "workdir": self.workdir,
-            **self.details,
         }
 
 

@@ -213,7 +213,9 @@ def _setup_logging(level: int) -> None:
     import sys
 
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("spotrun: %(message)s"))
+    from spotrun.agent.supervisor import LOG_PREFIX
+
+    handler.setFormatter(logging.Formatter(f"{LOG_PREFIX} %(message)s"))
     root = logging.getLogger("spotrun")
     root.addHandler(handler)
     root.setLevel(level)

@@ -13,12 +13,17 @@ from datetime import UTC
 from typing import Any, TypeVar
 
 import typer
-from rich.table import Table
 
 from spotrun.cli.app import app
 from spotrun.cli.common import JSON_OPTION, console, duration_arg, fail, print_json
 
 T = TypeVar("T")
+
+
+def _table(title: str):
+    from rich.table import Table  # not at import: every command module loads when `spotrun exec` starts
+
+    return Table(title=title)
 
 ckpt = typer.Typer(
     help=(
@@ -144,7 +149,7 @@ def ls_cmd(
     if not rows:
         console.print(f"no {'snapshots of job ' + repr(job) if job else 'jobs'} in {store.url}")
         return
-    table = Table(title=f"{'snapshots of ' + job if job else 'jobs'} in {store.url}")
+    table = _table(f"{'snapshots of ' + job if job else 'jobs'} in {store.url}")
     if job:
         for col in ("ID", "created", "files", "size", "host", "pinned"):
             table.add_column(col, justify="right" if col in ("files", "size") else "left")
@@ -190,7 +195,7 @@ def show_cmd(
         return
     from datetime import datetime
 
-    table = Table(title=f"job {job}, snapshot {manifest.id} ({manifest.created_at[:19]}, {manifest.host})")
+    table = _table(f"job {job}, snapshot {manifest.id} ({manifest.created_at[:19]}, {manifest.host})")
     for col in ("path", "size", "mode", "modified", "chunks"):
         table.add_column(col, justify="right" if col in ("size", "chunks") else "left")
     for f in manifest.files:
@@ -305,7 +310,7 @@ def verify_cmd(
             f"ok: {report.snapshots} snapshots, {report.chunks} chunks, {_size(report.bytes)} verified"
         )
     else:
-        table = Table(title=f"damaged files in {store.url}")
+        table = _table(f"damaged files in {store.url}")
         for col in ("job", "snapshot", "path", "problem"):
             table.add_column(col)
         for b in report.bad:
@@ -359,7 +364,7 @@ def du_cmd(store_url: str = STORE_ARG, json_out: bool = JSON_OPTION) -> None:
             {"jobs": [asdict(u) for u in usage], "total_bytes": total, "unreferenced_bytes": unreferenced}
         )
         return
-    table = Table(title=f"space in {store.url}")
+    table = _table(f"space in {store.url}")
     for col in ("job", "snapshots", "latest", "latest size", "referenced", "only this job"):
         table.add_column(col, justify="left" if col in ("job", "latest") else "right")
     for u in usage:

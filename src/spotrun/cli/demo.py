@@ -46,7 +46,7 @@ def demo(
     os.environ["SPOTRUN_HOME"] = str(root)
     os.environ.pop("SPOTRUN_DB_URL", None)  # the demo's own SQLite file, never a shared database
     try:
-        summary = _run(cfg, root, json_)
+        summary = _run(cfg, json_)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -62,17 +62,15 @@ def demo(
     raise typer.Exit(0 if summary["completed"] else 1)
 
 
-def _run(cfg, root: Path, quiet: bool) -> dict:
+def _run(cfg, quiet: bool) -> dict:
     import asyncio
 
     from rich.live import Live
 
     from spotrun.controller.demo import run_demo
-    from spotrun.providers.local.market import MarketConfig
-    from spotrun.providers.local.provider import LocalProvider
+    from spotrun.controller.service import local_market, make_providers
 
-    market = MarketConfig(mean_lifetime_s=cfg.reclaim_every, lead_s=cfg.lead_time, seed=cfg.seed)
-    providers = {"local": LocalProvider(root / "local", market)}
+    providers = make_providers(local_market(cfg.reclaim_every, cfg.lead_time, cfg.seed))
     if quiet:
         return asyncio.run(run_demo(cfg, providers, lambda rows: None))
     console.print(

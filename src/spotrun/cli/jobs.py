@@ -167,7 +167,7 @@ def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new output until the job ends."),
 ) -> None:
     """Print a job's logs; every attempt's log is kept, also after its instance is gone."""
-    from spotrun.controller.api import read_log
+    from spotrun.controller.api import read_attempt_log, read_log
     from spotrun.controller.repo import attempts_of, find_job
 
     if follow:
@@ -180,10 +180,10 @@ def logs(
             return
         with db.session() as s:
             j = find_job(s, job)
-            numbers = [a.number for a in attempts_of(s, j.id) if a.instance_id is not None]
-        for n in numbers:
+            attempts = [(a.number, a.instance_log) for a in attempts_of(s, j.id) if a.instance_id is not None]
+        for n, instance_log in attempts:
             err_console.print(f"[dim]── attempt {n} ──[/]")
-            typer.echo(read_log(db, j.id, n), nl=False)
+            typer.echo(read_attempt_log(j.id, n, instance_log), nl=False)
 
 
 def _follow(ref: str, only: int | None = None) -> str:
@@ -330,14 +330,12 @@ def controller_stop(json_: bool = JSON_OPTION) -> None:
 @controller_app.command("status")
 def controller_status(json_: bool = JSON_OPTION) -> None:
     """Whether the background controller runs, where its log is, and how many jobs are active."""
-    from spotrun.controller.models import JobStatus
-    from spotrun.controller.repo import list_views
+    from spotrun.controller.repo import count_active
     from spotrun.controller.service import daemon_info, log_file
 
     info = daemon_info()
     with _user_errors():
-        views = list_views(_db())
-    active = sum(not JobStatus(v["status"]).terminal for v in views)
+        active = count_active(_db())
     data: dict[str, Any] = {"running": info is not None, **(info or {}), "active_jobs": active, "log": str(log_file())}
     if json_:
         print_json(data)

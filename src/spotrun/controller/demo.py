@@ -90,7 +90,7 @@ async def run_demo(cfg: DemoConfig, providers: dict, on_update: Callable[[dict],
     out_dir = Path(providers["local"].root).parent / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = job_specs(cfg, out_dir)
-    ids = {kind: api.launch(spec, start_controller=False).id for kind, spec in specs.items()}
+    ids = {kind: repo.create_job(db, api.prepare_spec(spec)) for kind, spec in specs.items()}
     reconciler = Reconciler(db, providers, interval=0.2, exclusive=True)
     stop = asyncio.Event()
     task = asyncio.create_task(reconciler.run(stop))

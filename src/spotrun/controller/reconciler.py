@@ -32,6 +32,7 @@ from pathlib import Path
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from spotrun.agent.supervisor import EXIT_RECLAIMED
 from spotrun.controller import repo
 from spotrun.controller.db import Database
 from spotrun.controller.models import ACTIVE, Attempt, Cause, Event, Job, JobStatus
@@ -43,7 +44,6 @@ from spotrun.providers.base import Instance, InstanceState, LaunchRefused, Launc
 
 log = logging.getLogger("spotrun.controller")
 
-RECLAIMED_EXIT = 75  # the agent's exit status when the cloud took the machine
 RECLAIM_JITTER_S = 0.25  # spread of relaunches after a reclaim
 AUTO_ON_DEMAND_AFTER = 3  # `spot: auto`: consecutive spot refusals before trying on-demand
 _ENDED = {InstanceState.EXITED, InstanceState.RECLAIMED, InstanceState.TERMINATED, InstanceState.GONE}
@@ -61,7 +61,7 @@ def classify(inst: Instance) -> Cause:
     if inst.state == InstanceState.EXITED:
         if inst.returncode == 0:
             return Cause.SUCCESS
-        return Cause.RECLAIM if inst.returncode == RECLAIMED_EXIT else Cause.ERROR
+        return Cause.RECLAIM if inst.returncode == EXIT_RECLAIMED else Cause.ERROR
     return Cause.RECLAIM  # RECLAIMED, or lost (GONE / TERMINATED while we still wanted it)
 
 
@@ -183,7 +183,8 @@ class Reconciler:
                 await self._stop_for_switch(current, inst, spec, provider)
             else:
                 await self._observe(job, spec, current, inst, provider)
-            return self._relaunch_due(job_id)
+            # only an instance found ended can have ended its attempt (and scheduled a relaunch)
+            return self._relaunch_due(job_id) if inst.state in _ENDED else None
         elif spec.recovery.deadline is not None and time.time() > job.submitted_at + spec.recovery.deadline:
             self._finish(job.id, JobStatus.FAILED, f"deadline of {spec.recovery.deadline:g}s passed before it completed")
         elif spec.deadline_aware:

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from spotrun.controller.db import Database
-from spotrun.controller.models import Attempt, Event, Job, JobStatus
+from spotrun.controller.models import ACTIVE, Attempt, Event, Job, JobStatus
 from spotrun.controller.spec import JobSpec
 from spotrun.paths import home
 
@@ -150,6 +150,11 @@ def list_views(db: Database) -> list[dict[str, Any]]:
     with db.session() as s:
         jobs = s.scalars(select(Job).order_by(Job.created_at)).all()
         return [job_view(s, j) for j in jobs]
+
+
+def count_active(db: Database) -> int:
+    with db.session() as s:
+        return s.scalar(select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE))) or 0
 
 
 def get_view(db: Database, ref: str, detail: bool = True) -> dict[str, Any]:

@@ -135,9 +135,17 @@ def _alive(pid: int) -> bool:
 
 
 def start_daemon(extra_args: list[str] | None = None) -> dict:
-    """Start the background controller unless one runs; return its info."""
-    if (info := daemon_info()) is not None:
-        return info
+    """Start the background controller unless one runs; return its info.
+
+    Starters take turns (an flock), so launches made at once start one daemon between them
+    and each gets its info, instead of all but one losing the database lock at start.
+    """
+    with open(home() / "controller.start.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # dropped with the file, also by a killed starter
+        return daemon_info() or _spawn(extra_args)
+
+
+def _spawn(extra_args: list[str] | None) -> dict:
     with open(log_file(), "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "spotrun", "controller", "run", *(extra_args or [])],

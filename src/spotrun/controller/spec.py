@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from spotrun.agent.signals import parse_signal
 from spotrun.durations import parse_duration
 
 
@@ -85,15 +86,10 @@ class NoticeSpec(_Section):
     @field_validator("signal", mode="before")
     @classmethod
     def _signal(cls, value: Any) -> str:
-        import signal as _signal
-
-        value = str(value)
-        if value.isdigit():
-            return value
-        name = value.upper() if value.upper().startswith("SIG") else f"SIG{value.upper()}"
-        if name not in _signal.Signals.__members__:
-            raise ValueError(f"unknown signal {value!r} (use e.g. SIGTERM, SIGINT, SIGUSR1)")
-        return name
+        try:
+            return parse_signal(value).name
+        except ValueError:
+            raise ValueError(f"unknown signal {str(value)!r} (use e.g. SIGTERM, SIGINT, SIGUSR1)") from None
 
 
 class JobSpec(_Section):

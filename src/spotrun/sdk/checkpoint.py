@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from spotrun.sdk.atomic import atomic_path, atomic_write  # noqa: F401  (atomic_path: public here too)
+from spotrun.sdk.atomic import atomic_write
 from spotrun.sdk.events import emit
 from spotrun.sdk.fingerprints import forget
 

@@ -40,12 +40,13 @@ def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         text = Path(path).read_text()
     except FileNotFoundError:
         return []
-    events = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and "event" in record:
-            events.append(record)
-    return events
+    return [record for line in text.splitlines() if (record := parse_event(line)) is not None]
+
+
+def parse_event(line: str) -> dict[str, Any] | None:
+    """One event line, or None for a torn or foreign one."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and "event" in record else None

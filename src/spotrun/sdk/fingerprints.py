@@ -6,7 +6,7 @@ so they are fingerprinted on the way (hot in cache, almost free) and left beside
 
     <file's dir>/.spotrun-fingerprints/<file name>.json
 
-    {"version": 1, "fingerprint": "xxh3-128", "chunk_size": 1048576,
+    {"version": 1, "fingerprint": "xxh3-128", "chunk_size": 524288,
      "size": N, "mtime_ns": M, "ino": I, "dev": D, "fingerprints": ["<32 hex>", ...]}
 
 One fingerprint per `chunk_size` bytes of the file (the last chunk shorter; an empty file has

@@ -19,7 +19,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from spotrun.sdk.checkpoint import atomic_path, checkpoint_dir, checkpoint_path, list_checkpoints, prune
+from spotrun.sdk.atomic import atomic_path
+from spotrun.sdk.checkpoint import checkpoint_dir, checkpoint_path, list_checkpoints, prune
 from spotrun.sdk.events import emit, report_progress
 from spotrun.sdk.notice import NoticeListener, should_stop
 

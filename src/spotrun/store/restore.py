@@ -190,7 +190,7 @@ def _fetch_check_write(
         view = memoryview(data)
         for k in range(n):
             chunk = view[k * chunk_size : k * chunk_size + lengths[i + k]]
-            if len(chunk) != lengths[i + k] or chunk_hash(chunk) != digests[i + k]:
+            if not _intact(chunk, digests[i + k], lengths[i + k]):
                 return f"has a corrupt chunk {digests[i + k][:16]}"
             parts.append(chunk)
         i += n
@@ -215,9 +215,13 @@ def _fetch_check(backend: Backend, pack: str, slots: dict[int, tuple[str, int]],
     return {
         slot: f"chunk {digest[:16]}… does not match its hash"
         for slot, (digest, length) in slots.items()
-        if chunk_hash(chunk := view[slot * chunk_size : slot * chunk_size + length]) != digest
-        or len(chunk) != length
+        if not _intact(view[slot * chunk_size : slot * chunk_size + length], digest, length)
     }
+
+
+def _intact(chunk: memoryview, digest: str, length: int) -> bool:
+    """A fetched slice is the chunk the manifest names: whole (a short pack) and the right hash."""
+    return len(chunk) == length and chunk_hash(chunk) == digest
 
 
 @dataclass
