@@ -2,10 +2,13 @@
 
 Keeping the storage interface this small (restic's backend idea) lets every store feature be
 tested against `file://` and an S3 server through the same code a user's bucket takes, and
-keeps obstore's exceptions from leaking: callers see `StoreUnavailable` with the URL in it.
-`file://` pack writes and reads take a direct path of plain `os` calls (`put_parts`,
-`read_blocking(into=)`): the bulk of a snapshot or restore, with no per-chunk allocation and the
-same write-to-temp-then-rename atomicity as obstore's LocalStore.
+keeps obstore's exceptions from leaking: callers see `StoreUnavailable` with the URL in it,
+its credentials redacted (`spotrun.redact`). Every trip to a store thread has an overall
+deadline, whatever the store does (answers slowly, never answers, trickles bytes).
+`file://` writes and pack reads take a direct path of plain `os` calls (`put`, `put_parts`,
+`read_blocking(into=)`): the bulk of a snapshot or restore, with no per-chunk allocation, the
+same write-to-temp-then-rename atomicity as obstore's LocalStore, and private permissions
+(directories 0700, files 0600): checkpoints are the user's data.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import secrets
+import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from spotrun.redact import redact_text, redact_url, url_secrets
 from spotrun.store.errors import StoreError, StoreUnavailable
 from spotrun.store.pipeline import pread_into, pwrite_all
 
@@ -62,7 +68,10 @@ def _hint(scheme: str) -> str:
 
 
 class Backend:
-    """One object store at one URL; keys are relative to the URL's path."""
+    """One object store at one URL; keys are relative to the URL's path.
+
+    `url` is the redacted form, for messages; the credentials stay inside the obstore client.
+    """
 
     def __init__(
         self, url: str, *, create: bool = False, retry_timeout_s: float | None = None, max_retries: int = 100
@@ -76,9 +85,14 @@ class Backend:
                 retry_timeout_s = parse_duration(os.environ.get("SPOTRUN_STORE_RETRY_TIMEOUT", "60s"))
             except ValueError as exc:
                 raise StoreError(f"SPOTRUN_STORE_RETRY_TIMEOUT: {exc}") from None
+        # One call gives up after this whatever happens: obstore stops retrying after
+        # `retry_timeout_s`, and its last request may take as long again.
+        self.call_timeout_s = 2 * retry_timeout_s + 1
 
-        self.url = normalize_url(url)
-        parts = urlsplit(self.url)
+        full = normalize_url(url)
+        self.url = redact_url(full)
+        self._secrets = url_secrets(full)
+        parts = urlsplit(full)
         self.scheme = parts.scheme
         if self.scheme not in SCHEMES:
             raise StoreError(
@@ -115,7 +129,10 @@ class Backend:
             if endpoint:
                 kwargs["endpoint"] = endpoint
             kwargs.update(options)  # e.g. ?region=eu-west-1
-            client = {"timeout": timedelta(seconds=120), "connect_timeout": timedelta(seconds=5)}
+            client = {
+                "timeout": timedelta(seconds=retry_timeout_s),
+                "connect_timeout": timedelta(seconds=min(5.0, retry_timeout_s)),
+            }
             if endpoint and endpoint.startswith("http://"):
                 client["allow_http"] = True
             kwargs["client_options"] = client
@@ -123,7 +140,11 @@ class Backend:
         try:
             self._store = from_url(base, **kwargs)
         except Exception as exc:  # obstore raises several types for a bad URL or config
-            raise StoreError(f"cannot open store {self.url}: {exc} ({_hint(self.scheme)})") from None
+            raise StoreError(f"cannot open store {self.url}: {self._say(exc)} ({_hint(self.scheme)})") from None
+
+    def _say(self, exc: BaseException) -> str:
+        """An error from obstore or the OS as one short line, with no credential in it."""
+        return redact_text(_short(exc), self._secrets)
 
     def _guard(self, what: str, fn: Callable[[], T], missing: T | None = None) -> T | None:
         """One blocking obstore call with errors mapped: `missing` when the key is absent.
@@ -144,14 +165,23 @@ class Backend:
             raise self._failure(what, exc) from None
 
     def _failure(self, what: str, exc: Exception) -> StoreUnavailable:
-        return StoreUnavailable(f"{what} failed on {self.url}: {_short(exc)} — {_hint(self.scheme)}")
+        return StoreUnavailable(f"{what} failed on {self.url}: {self._say(exc)} — {_hint(self.scheme)}")
 
     async def _call(self, what: str, fn: Callable[[], T], *, missing: T | None = None) -> T | None:
-        return await self.run(self._guard, what, fn, missing)
+        return await self.run(self._guard, what, fn, missing, what=what)
 
-    async def run(self, fn: Callable[..., T], *args) -> T:
-        """Blocking work (read, hash, write) on the store's threads, beside its transfers."""
-        return await asyncio.get_running_loop().run_in_executor(_pool(), fn, *args)
+    async def run(self, fn: Callable[..., T], *args, what: str = "a store operation") -> T:
+        """Blocking work (read, hash, write, a request) on the store's threads, beside its
+        transfers, given up after `call_timeout_s`: the thread is abandoned, not waited for
+        (`abandoned_calls`), so a store that never answers cannot hold the caller."""
+        future = asyncio.get_running_loop().run_in_executor(_pool(), _counted, fn, *args)
+        try:
+            return await asyncio.wait_for(future, self.call_timeout_s)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"{what} on {self.url} got no answer within {self.call_timeout_s:g}s "
+                f"(SPOTRUN_STORE_RETRY_TIMEOUT) — {_hint(self.scheme)}"
+            ) from None
 
     async def flush(self) -> None:
         """Make every object written so far durable before a manifest may name it.
@@ -162,8 +192,8 @@ class Backend:
         would also flush the user's own dirty files — a just-written checkpoint of gigabytes —
         and every other writer's on that filesystem, inside the notice deadline.)
         """
-        if self.root is not None:
-            await self.run(self._flush_local)
+        if self.root is not None:  # local disk work, however long a big first snapshot takes
+            await asyncio.get_running_loop().run_in_executor(_pool(), _counted, self._flush_local)
 
     def _flush_local(self) -> None:
         assert self.root is not None
@@ -188,6 +218,11 @@ class Backend:
         import obstore
         from obstore.exceptions import AlreadyExistsError
 
+        if self.root is not None:
+            return await self.run(
+                self._write_local, key, data if isinstance(data, Path) else [data], create, what=f"writing {key}"
+            )
+
         def put() -> bool:
             obstore.put(self._store, key, data, mode="create" if create else "overwrite")
             return True
@@ -205,32 +240,46 @@ class Backend:
         if self.root is None:
             await self.put(key, b"".join(parts))
             return
-        await self.run(self._write_local, key, parts)
+        await self.run(self._write_local, key, parts, False, what=f"writing {key}")
 
-    def _write_local(self, key: str, parts: list[Buffer]) -> None:
-        """Temp file, start its write-back, rename over the key: a reader sees the old object or
-        the new one whole, never a torn one. Leftover temp files (a kill -9) are ordinary
-        unreferenced objects to GC, unlike obstore's hidden `#` ones."""
+    def _write_local(self, key: str, data: list[Buffer] | Path, create: bool) -> bool:
+        """Temp file (0600, in directories made 0700), start its write-back, then rename over the
+        key, or with `create` link it there unless it exists (False then): a reader sees the old
+        object or the new one whole, never a torn one. Leftover temp files (a kill -9) are
+        ordinary unreferenced objects to GC, unlike obstore's hidden `#` ones."""
         assert self.root is not None
         path = self.root / key
         tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            _private_dirs(path.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                pwrite_all(fd, parts, 0)
+                if isinstance(data, Path):
+                    with open(data, "rb") as src, open(fd, "wb", closefd=False) as dst:
+                        shutil.copyfileobj(src, dst, 8 * 1024 * 1024)
+                else:
+                    pwrite_all(fd, data, 0)
                 _start_writeback(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
+            if not create:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)  # atomic create-if-absent, as obstore's LocalStore does
+                except FileExistsError:
+                    return False
+                finally:
+                    tmp.unlink()
         except Exception as exc:
             tmp.unlink(missing_ok=True)
             raise self._failure(f"writing {key}", exc) from None
         self._written([key])
+        return True
 
     async def get(self, key: str) -> bytes | None:
         """The object's bytes, or None when it does not exist."""
-        data = await self.run(self.read_blocking, key)
+        data = await self.run(self.read_blocking, key, what=f"reading {key}")
         return None if data is None else bytes(data)
 
     def read_blocking(
@@ -315,6 +364,40 @@ class Backend:
             )
 
 
+def _private_dirs(path: Path) -> None:
+    """Create `path` and its missing parents 0700 (`os.makedirs` leaves parents at the umask)."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+
+
+_inflight = 0  # calls running on the store's threads, awaited or abandoned
+_inflight_lock = threading.Lock()
+
+
+def _counted(fn: Callable[..., T], *args) -> T:
+    global _inflight
+    with _inflight_lock:
+        _inflight += 1
+    try:
+        return fn(*args)
+    finally:
+        with _inflight_lock:
+            _inflight -= 1
+
+
+def abandoned_calls() -> int:
+    """Store calls still running once nothing awaits them (given up at their deadline): a
+    process that must exit now leaves them with `os._exit`, as joining them could take minutes."""
+    return _inflight
+
+
 def _read_local(path: Path, start: int, length: int | None, into: memoryview | None) -> Buffer:
     with open(path, "rb", buffering=0) as f:
         available = max(0, os.fstat(f.fileno()).st_size - start)
@@ -383,6 +466,7 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=32, thread_name_prefix="spotrun-store")
 
 
-def _short(exc: Exception) -> str:
-    text = " ".join(str(exc).split(" Debug source:")[0].split())
+def _short(exc: BaseException) -> str:
+    """obstore's message without its multi-line `Debug source: Generic {…}` dump."""
+    text = " ".join(re.split(r"\s*Debug source:", str(exc), maxsplit=1)[0].split())
     return text if len(text) < 400 else text[:400] + "…"

@@ -25,6 +25,14 @@ HASH_NAME = "blake3"
 FINGERPRINT_NAME = "xxh3-128"
 DEFAULT_CHUNK_SIZE = 512 * 1024  # docs/store-format.md: measured against 0.5-8 MiB
 MAX_PACK_CHUNKS = 64  # what a reader accepts; writers pack up to pipeline.SEGMENT_CHUNKS (16)
+# Bounds a reader checks before trusting a manifest (docs/store-format.md, "Manifest"): far above
+# any real checkpoint, low enough that no value can exhaust memory or overflow a system call.
+MIN_CHUNK_SIZE, MAX_CHUNK_SIZE = 4 * 1024, 16 * 1024 * 1024  # a restore buffers 16 chunks per segment
+MAX_MANIFEST_BYTES = 1 << 30
+MAX_FILES = 1_000_000
+MAX_FILE_SIZE = 1 << 50  # 1 PiB
+MAX_PATH = 4096
+MAX_ATTEMPT = MAX_SEQUENCE = 2**31 - 1
 CONFIG_KEY = "config.json"
 
 _JOB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -129,9 +137,20 @@ def check_config(raw: bytes, url: str) -> dict[str, Any]:
             f"{url} uses store format {name} v{version}; this spotrun reads {FORMAT_NAME} "
             f"v{FORMAT_VERSION}. {what}"
         )
-    if config.get("hash") != HASH_NAME or int(config.get("chunk_size", 0)) <= 0:
+    if config.get("hash") != HASH_NAME:
         raise StoreFormatError(f"{url}/{CONFIG_KEY} names hash {config.get('hash')!r}; expected {HASH_NAME}")
+    size = config.get("chunk_size")
+    if type(size) is not int or not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE:
+        raise StoreFormatError(
+            f"{url}/{CONFIG_KEY} has chunk_size = {size!r}; expected {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE} bytes"
+        )
     return config
+
+
+def check_chunk_size(size: int) -> int:
+    if not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE:
+        raise StoreError(f"chunk size {size} is out of range: use {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE} bytes")
+    return size
 
 
 def new_config(chunk_size: int) -> bytes:
@@ -221,75 +240,138 @@ class Manifest:
 
     @classmethod
     def from_json(cls, raw: bytes, where: str) -> Manifest:
-        """Parse and validate: every check a hostile or torn manifest could fail is here."""
+        """Parse and validate: every check a hostile, torn or foreign manifest could fail is here,
+        with bounds on every size, count and number, so nothing later divides by zero, overflows
+        or allocates without limit. A rejection names the field and the reason in one line."""
+        try:
+            return cls._parse(raw)
+        except _Invalid as exc:
+            raise HostileManifest(f"{where} is not a valid manifest: {exc}") from None
+
+    @classmethod
+    def _parse(cls, raw: bytes) -> Manifest:
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise _Invalid(f"it is {len(raw)} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may be")
         try:
             data = json.loads(raw)
-            if int(data.get("format_version", 0)) != FORMAT_VERSION:
-                raise StoreFormatError(
-                    f"{where} has manifest format v{data.get('format_version')}; this spotrun reads "
-                    f"v{FORMAT_VERSION}. Upgrade spotrun."
-                )
-            chunk_size = int(data["chunk_size"])
-            files = [_entry(f, chunk_size) for f in data["files"]]
-            manifest = cls(
-                job_id=str(data["job_id"]),
-                attempt=int(data["attempt"]),
-                sequence=int(data["sequence"]),
-                created_at=str(data["created_at"]),
-                chunk_size=chunk_size,
-                files=files,
-                host=str(data.get("host", "")),
-                extra=dict(data.get("extra") or {}),
+        except (ValueError, RecursionError) as exc:
+            raise _Invalid(f"it is not JSON ({type(exc).__name__})") from None
+        if not isinstance(data, dict):
+            raise _Invalid(f"it is a JSON {type(data).__name__}, not an object")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise _Invalid(
+                f"format_version = {_show(version)}; this spotrun reads v{FORMAT_VERSION} "
+                "(a newer spotrun wrote it? upgrade spotrun)"
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise HostileManifest(f"{where} is not a valid manifest ({exc})") from None
+        chunk_size = _int(data, "chunk_size", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
+        files = _list(data, "files", MAX_FILES)
+        extra = data.get("extra") or {}
+        if not isinstance(extra, dict):
+            raise _Invalid(f"extra = {_show(extra)} is not an object")
+        manifest = cls(
+            job_id=_text(data, "job_id", 128),
+            attempt=_int(data, "attempt", 0, MAX_ATTEMPT),
+            sequence=_int(data, "sequence", 0, MAX_SEQUENCE),
+            created_at=_text(data, "created_at", 64),
+            chunk_size=chunk_size,
+            files=[_entry(f, chunk_size, f"files[{i}]") for i, f in enumerate(files)],
+            host=_text(data, "host", 255, default=""),
+            extra=extra,
+        )
         seen: set[str] = set()
-        for f in files:
+        for f in manifest.files:
             if f.path in seen:
-                raise HostileManifest(f"{where} lists {f.path!r} twice")
+                raise _Invalid(f"it lists {f.path!r} twice")
             seen.add(f.path)
-        dirs = {str(parent) for f in files for parent in PurePosixPath(f.path).parents}
+        dirs = {str(parent) for f in manifest.files for parent in PurePosixPath(f.path).parents}
         clash = seen & dirs
         if clash:
-            raise HostileManifest(f"{where} uses {sorted(clash)[0]!r} as both a file and a directory")
+            raise _Invalid(f"it uses {sorted(clash)[0]!r} as both a file and a directory")
         return manifest
 
 
-def _entry(data: dict[str, Any], chunk_size: int) -> FileEntry:
+class _Invalid(Exception):
+    """One reason a manifest is refused; `Manifest.from_json` adds which manifest."""
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
+def _int(data: dict[str, Any], name: str, low: int, high: int, where: str = "") -> int:
+    """An integer field within [low, high]: not a float, a string or a bool."""
+    value = data.get(name)
+    if type(value) is not int or not low <= value <= high:
+        raise _Invalid(f"{where}{name} = {_show(value)} is not an integer from {low} to {high}")
+    return value
+
+
+def _text(data: dict[str, Any], name: str, limit: int, where: str = "", default: str | None = None) -> str:
+    value = data.get(name, default)
+    if not isinstance(value, str) or len(value) > limit:
+        raise _Invalid(f"{where}{name} = {_show(value)} is not a string of at most {limit} characters")
+    return value
+
+
+def _list(data: dict[str, Any], name: str, limit: int, where: str = "", default: list | None = None) -> list:
+    value = data.get(name, default)
+    if not isinstance(value, list) or len(value) > limit:
+        shown = f"a list of {len(value)}" if isinstance(value, list) else _show(value)
+        raise _Invalid(f"{where}{name} = {shown} is not a list of at most {limit} items")
+    return value
+
+
+def _entry(data: Any, chunk_size: int, where: str) -> FileEntry:
+    if not isinstance(data, dict):
+        raise _Invalid(f"{where} = {_show(data)} is not an object")
     if data.get("type", "file") != "file":
-        raise HostileManifest(
-            f"refusing manifest entry {data.get('path')!r} of type {data.get('type')!r}: only regular files are restored"
+        raise _Invalid(
+            f"{where}.type = {_show(data.get('type'))} for {_show(data.get('path'))}: "
+            "only regular files are restored"
         )
-    path = str(safe_relpath(data["path"]))
-    size, chunks = int(data["size"]), list(data["chunks"])
-    fingerprints = list(data.get("fingerprints") or [])
-    runs = [_run(r, path) for r in data["packs"]]
-    if size < 0 or not all(isinstance(c, str) and _HASH_RE.match(c) for c in chunks):
-        raise HostileManifest(f"refusing manifest entry {path!r}: bad size or chunk hash")
+    try:
+        path = str(safe_relpath(data.get("path")))
+    except HostileManifest as exc:
+        raise _Invalid(f"{where}.path: {exc}") from None
+    if len(path) > MAX_PATH:
+        raise _Invalid(f"{where}.path is {len(path)} characters long, more than {MAX_PATH}")
+    where = f"{where} ({path!r}): "
+    size = _int(data, "size", 0, MAX_FILE_SIZE, where)
+    mode = _int(data, "mode", 0, 0o7777, where)
+    mtime_ns = _int(data, "mtime_ns", -(1 << 63), (1 << 63) - 1, where)
+    chunks = _list(data, "chunks", MAX_FILE_SIZE // chunk_size + 1, where)
+    if not all(isinstance(c, str) and _HASH_RE.match(c) for c in chunks):
+        raise _Invalid(f"{where}chunks: a chunk name is not 64 hex digits")
+    if len(chunks) != -(-size // chunk_size):
+        raise _Invalid(f"{where}size {size} cannot be {len(chunks)} chunks of {chunk_size} bytes")
+    runs = [_run(r, where) for r in _list(data, "packs", len(chunks), where)]
     if sum(count for _, _, count in runs) != len(chunks):
-        raise HostileManifest(f"refusing manifest entry {path!r}: its packs do not hold its {len(chunks)} chunks")
+        raise _Invalid(f"{where}packs: its runs do not hold exactly its {len(chunks)} chunks")
+    fingerprints = _list(data, "fingerprints", len(chunks), where, default=[])
     if fingerprints and (
         len(fingerprints) != len(chunks)
         or not all(isinstance(f, str) and _FINGERPRINT_RE.match(f) for f in fingerprints)
     ):
-        raise HostileManifest(f"refusing manifest entry {path!r}: bad chunk fingerprints")
-    if len(chunks) != -(-size // chunk_size):
-        raise HostileManifest(
-            f"refusing manifest entry {path!r}: {size} bytes cannot be {len(chunks)} chunks of {chunk_size}"
-        )
-    return FileEntry(path, size, int(data["mode"]) & 0o777, int(data["mtime_ns"]), chunks, runs, fingerprints)
+        raise _Invalid(f"{where}fingerprints: not one 32-hex-digit fingerprint per chunk")
+    return FileEntry(path, size, mode & 0o777, mtime_ns, chunks, runs, fingerprints)
 
 
-def _run(data: Any, path: str) -> Run:
-    pack, first, count = data
+def _run(data: Any, where: str) -> Run:
     if not (
-        isinstance(pack, str)
-        and _HASH_RE.match(pack)
-        and type(first) is int
-        and type(count) is int
-        and first >= 0
-        and count >= 1
-        and first + count <= MAX_PACK_CHUNKS
+        isinstance(data, list)
+        and len(data) == 3
+        and isinstance(data[0], str)
+        and _HASH_RE.match(data[0])
+        and type(data[1]) is int
+        and type(data[2]) is int
+        and data[1] >= 0
+        and data[2] >= 1
+        and data[1] + data[2] <= MAX_PACK_CHUNKS
     ):
-        raise HostileManifest(f"refusing manifest entry {path!r}: bad pack run {data!r}")
-    return pack, first, count
+        raise _Invalid(
+            f"{where}packs: bad pack run {_show(data)} (want [64 hex digits, slot >= 0, count >= 1], "
+            f"slot + count <= {MAX_PACK_CHUNKS})"
+        )
+    return data[0], data[1], data[2]

@@ -2,7 +2,9 @@
 
 A restore fills a fresh temporary directory next to the target and renames it into place, so
 the target holds either the old state or one whole snapshot, and a hostile manifest (already
-rejected by `Manifest.from_json`) or a full disk leaves nothing behind.
+rejected by `Manifest.from_json`) or a full disk leaves nothing behind. Replacing a non-empty
+target deletes only files identical to the snapshot's; anything else that was there (user files,
+temp files, symlinks) is kept beside it, never deleted.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import logging
 import os
 import secrets
 import shutil
+import stat
+import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from spotrun.store.backend import Backend
 from spotrun.store.errors import CorruptSnapshot, HostileManifest, NoSnapshot, RestoreError, StoreError
@@ -35,6 +39,16 @@ class RestoreInfo:
     bytes: int
     dest: str
     skipped: list[dict[str, str]] = field(default_factory=list)  # newer snapshots refused, and why
+    kept_in: str | None = None  # where what `dest` held that was not the snapshot's went
+    kept: list[str] = field(default_factory=list)  # those entries, relative to `kept_in`
+
+    def kept_line(self) -> str:
+        """One line for people: what the restore did not delete, and where it is."""
+        names = ", ".join(repr(k) for k in self.kept[:3]) + (f" and {len(self.kept) - 3} more" if len(self.kept) > 3 else "")
+        return (
+            f"{self.dest} held {len(self.kept)} entries that are not in snapshot {self.snapshot} ({names}); "
+            f"moved them to {self.kept_in}, nothing was deleted"
+        )
 
 
 async def restore(
@@ -49,7 +63,10 @@ async def restore(
 ) -> RestoreInfo:
     """Restore one snapshot (default: the latest) of `job_id` into `dest`.
 
-    With `fallback`, a snapshot that fails verification is skipped for the one before it.
+    With `fallback`, a snapshot whose manifest is invalid or whose chunks fail verification is
+    skipped for the one before it. With `replace`, a non-empty `dest` is swapped for the
+    snapshot; what it held that is not identical to the snapshot's files is moved, not deleted,
+    to `<dest>.spotrun-kept-<time>` beside it (`RestoreInfo.kept_in`).
     """
     target = Path(dest).absolute()
     _check_target(target, replace)
@@ -63,8 +80,8 @@ async def restore(
     for ref in reversed(refs if fallback else refs[-1:]):
         try:
             manifest = await store.manifest(ref)
-            await _restore_one(store, manifest, target, replace, progress)
-        except (CorruptSnapshot, HostileManifest, NoSnapshot) as exc:
+            kept_in, kept = await _restore_one(store, manifest, target, replace, progress)
+        except (CorruptSnapshot, HostileManifest, NoSnapshot) as exc:  # every invalid manifest too
             if not fallback:
                 raise
             log.warning(
@@ -72,30 +89,43 @@ async def restore(
             )
             skipped.append({"snapshot": ref.id, "reason": str(exc)})
             continue
-        return RestoreInfo(job_id, ref.id, len(manifest.files), manifest.total_size, str(target), skipped)
+        return RestoreInfo(
+            job_id, ref.id, len(manifest.files), manifest.total_size, str(target), skipped, kept_in, kept
+        )
     raise CorruptSnapshot(
         f"no snapshot of job {job_id!r} in {store.url} passed verification; `spotrun ckpt verify` names the bad files"
     )
 
 
 def _check_target(target: Path, replace: bool) -> None:
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise RestoreError(f"{target} exists and is not a directory: choose another destination")
-    if target.is_dir() and any(target.iterdir()) and not replace:
+    if target.is_symlink():
         raise RestoreError(
-            f"{target} is not empty: restore into a new or empty directory, or pass --force to replace it"
+            f"{target} is a symlink: restore into a real directory (spotrun never replaces what a link points to)"
+        )
+    if target.exists() and not target.is_dir():
+        raise RestoreError(f"{target} exists and is not a directory: choose another destination")
+    if not target.is_dir():
+        return
+    if Path.cwd().is_relative_to(target):
+        raise RestoreError(
+            f"{target} is the working directory or holds it: restore into a directory of its own"
+        )
+    if any(target.iterdir()) and not replace:
+        raise RestoreError(
+            f"{target} is not empty: restore into a new or empty directory, or pass --force to replace it "
+            "(what it holds is moved aside, not deleted)"
         )
 
 
 async def _restore_one(
     store: Store, manifest: Manifest, target: Path, replace: bool, progress: Progress | None
-) -> None:
+) -> tuple[str | None, list[str]]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.spotrun-restore-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
         await _fill(store, manifest, tmp, progress)
-        _swap(tmp, target, replace)
+        return _swap(tmp, target, replace, manifest)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno in _DISK_FULL:
@@ -109,17 +139,56 @@ async def _restore_one(
         raise
 
 
-def _swap(tmp: Path, target: Path, replace: bool) -> None:
+def _swap(tmp: Path, target: Path, replace: bool, manifest: Manifest) -> tuple[str | None, list[str]]:
+    """Rename the restored tree into place; (where the old contents were kept, what they are)."""
     if target.is_dir():
         if any(target.iterdir()):
             _check_target(target, replace)
             old = target.parent / f".{target.name}.spotrun-old-{secrets.token_hex(4)}"
             target.rename(old)
             tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-            return
+            return _keep_foreign(old, target, manifest)
         target.rmdir()
     tmp.rename(target)
+    return None, []
+
+
+def _keep_foreign(old: Path, target: Path, manifest: Manifest) -> tuple[str | None, list[str]]:
+    """Delete from the swapped-out tree only what the snapshot holds too (files of the same path,
+    size, mtime and mode, and the directories they emptied); keep the rest, whatever it is,
+    under a name that says what it is. Nothing is followed: a symlink is kept as a link."""
+    entries = {f.path: f for f in manifest.files}
+    dirs = {str(p) for f in manifest.files for p in PurePosixPath(f.path).parents}
+    left: list[str] = []
+    try:
+        for root, subdirs, files in os.walk(old, topdown=False, onerror=_raise):  # never into a symlinked dir
+            rel_root = Path(root).relative_to(old).as_posix()
+            for name in files + subdirs:
+                path = Path(root, name)
+                rel = name if rel_root == "." else f"{rel_root}/{name}"
+                st = path.lstat()
+                if stat.S_ISREG(st.st_mode) and rel in entries and entries[rel].matches(st):
+                    path.unlink()
+                elif not stat.S_ISDIR(st.st_mode):
+                    left.append(rel)
+                elif not any(path.iterdir()):
+                    if rel in dirs:
+                        path.rmdir()
+                    else:
+                        left.append(rel + "/")
+    except OSError:  # something we may not even look at: keep all of it as it is
+        left = [p.name for p in old.iterdir()]
+    left.sort()
+    if not left:
+        old.rmdir()
+        return None, []
+    kept = target.parent / f"{target.name}.spotrun-kept-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+    old.rename(kept)
+    return str(kept), left
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
 
 
 async def _fill(store: Store, manifest: Manifest, root: Path, progress: Progress | None) -> None:
@@ -151,7 +220,8 @@ async def _fill(store: Store, manifest: Manifest, root: Path, progress: Progress
         async with slots:
             buf = store.buffers.take(SEGMENT_CHUNKS * cs) if local else None
             problem = await store.backend.run(
-                _fetch_check_write, store.backend, digests, lengths, locations, cs, buf, path, first * cs
+                _fetch_check_write, store.backend, digests, lengths, locations, cs, buf, path, first * cs,
+                what=f"restoring {entry.path}",
             )
             if buf is not None:
                 store.buffers.give(buf)
@@ -277,7 +347,9 @@ async def verify(
 
     async def check(pack: str, slots: dict[int, tuple[str, int]]) -> None:
         async with limit:
-            problems = await store.backend.run(_fetch_check, store.backend, pack, slots, chunk_sizes[pack])
+            problems = await store.backend.run(
+                _fetch_check, store.backend, pack, slots, chunk_sizes[pack], what=f"verifying pack {pack[:16]}"
+            )
         for slot, (_, length) in slots.items():
             if slot in problems:
                 broken[(pack, slot)] = problems[slot]

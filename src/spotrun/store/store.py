@@ -27,6 +27,7 @@ from spotrun.store.format import (
     FileEntry,
     Location,
     Manifest,
+    check_chunk_size,
     check_config,
     chunk_hash,
     fingerprint,
@@ -106,7 +107,7 @@ class Store:
         self.backend = backend
         self.url = backend.url
         self.concurrency = concurrency or (16 if backend.scheme == "file" else 32)
-        self._new_chunk_size = chunk_size
+        self._new_chunk_size = check_chunk_size(chunk_size)
         self._config: dict | None = None
         # chunk -> (monotonic time this process uploaded it, where)
         self._recent: dict[str, tuple[float, Location]] = {}
@@ -269,7 +270,9 @@ class Store:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)  # retrieve, never leak, their errors
         final = entries()
-        if base and base.attempt == attempt and final == base.files:
+        if not final:  # never an empty snapshot: it would supersede a real one, or promise one
+            info.note = "every file was still being written: nothing to snapshot yet"
+        elif base and base.attempt == attempt and final == base.files:
             info.sequence = base.sequence
             info.note = (
                 "every changed file was still being written"
@@ -497,7 +500,8 @@ class _Uploader:
         async with self.slots:
             buf = self.store.buffers.take(self.segment)
             result = await self.store.backend.run(
-                _read_hash, path, buf, offset, length, version, self.chunk_size, known, hinted
+                _read_hash, path, buf, offset, length, version, self.chunk_size, known, hinted,
+                what=f"reading {path.name}",
             )
             if result is None:
                 self.store.buffers.give(buf)
