@@ -214,3 +214,58 @@ def test_full_disk_on_restore_is_clear_and_cleans_up(tmp_path: Path) -> None:
     finally:
         if mounted:
             subprocess.run(["umount", str(tiny)], check=True)
+
+
+def _set(path: str, value: object):
+    """A change to one field of a manifest (`files.0.mtime_ns`), or the whole text (`raw`)."""
+
+    def change(manifest: dict) -> bytes:
+        if path == "raw":
+            return value if isinstance(value, bytes) else str(value).encode()
+        *parents, leaf = path.split(".")
+        node: object = manifest
+        for part in parents:
+            node = node[int(part) if part.isdigit() else part]  # type: ignore[index]
+        node[int(leaf) if leaf.isdigit() else leaf] = value  # type: ignore[index]
+        return json.dumps(manifest).encode()
+
+    return change
+
+
+INVALID = {  # what a torture run found crashing restore, and its neighbours: (change, named in the error)
+    "chunk size 0": (_set("chunk_size", 0), "chunk_size"),
+    "mtime 1e30": (_set("files.0.mtime_ns", 1e30), "mtime_ns"),
+    "mtime past int64": (_set("files.0.mtime_ns", 1 << 64), "mtime_ns"),
+    "size past a petabyte": (_set("files.0.size", 1 << 60), "size"),
+    "negative mode": (_set("files.0.mode", -1), "mode"),
+    "attempt as text": (_set("attempt", "1"), "attempt"),
+    "files not a list": (_set("files", {"a.txt": 1}), "files"),
+    "entry not an object": (_set("files.0", "a.txt"), "files[0]"),
+    "a newer format": (_set("format_version", 3), "format_version"),
+    "not json": (_set("raw", b"\xff\xfe{not json"), "not JSON"),
+    "5000-deep nesting": (_set("raw", "[" * 5000 + "]" * 5000), "nested too deeply"),
+    "a list, not an object": (_set("raw", "[1, 2]"), "JSON list"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+async def test_an_invalid_manifest_is_one_line_naming_the_field_and_fallen_back_past(
+    case: str, tmp_path: Path
+) -> None:
+    change, field = INVALID[case]
+    store = Store.open((tmp_path / "store").as_uri(), create=True, chunk_size=CHUNK)
+    write(tmp_path / "src" / "a.txt", "hello")
+    await store.snapshot("job-1", 1, tmp_path / "src")
+    manifest = json.loads(await store.backend.get((await store.find("job-1")).key))
+    manifest["sequence"] = 2
+    await store.backend.put("jobs/job-1/snapshots/a000001-s00000002.json", change(manifest))
+
+    with pytest.raises(HostileManifest) as err:
+        await restore(store, "job-1", tmp_path / "out")
+    message = str(err.value)
+    assert field in message and "a000001-s00000002.json" in message and "\n" not in message
+    assert not (tmp_path / "out").exists()
+    info = await restore(store, "job-1", tmp_path / "out", fallback=True)
+    assert info.snapshot == "a1-s1" and tree(tmp_path / "out") == {"a.txt": b"hello"}
+    assert [b.snapshot for b in (await verify(store, "job-1")).bad] == ["a1-s2"]
+    assert (await store.snapshot("job-1", 1, tmp_path / "src")).id == "a1-s3"  # a full one, not stuck

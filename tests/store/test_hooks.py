@@ -14,7 +14,7 @@ import pytest
 
 from spotrun.notices.base import Notice, NoticeKind
 from spotrun.sdk.atomic import save_atomic
-from spotrun.store import CheckpointSync, OutputsSync, Store, restore
+from spotrun.store import CheckpointSync, OutputsSync, RestoreError, Store, restore
 
 from .helpers import BUCKET, s3_url, start_moto, tree, write
 
@@ -190,3 +190,54 @@ async def test_sync_survives_a_store_outage(
             await until(synced)
     finally:
         server.stop()
+
+
+async def test_restoring_over_foreign_content_keeps_it_beside_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A relaunch never deletes what it did not put in the checkpoint directory: user files,
+    temp files and symlinks move aside whole; only files identical to the snapshot's go."""
+    url = (tmp_path / "store").as_uri()
+    ckpt = tmp_path / "ckpt"
+    write(ckpt / "model.pt", b"weights")
+    write(ckpt / "cfg" / "run.yaml", "lr: 1")
+    await Store.open(url, create=True).snapshot("job-1", 1, ckpt)
+    write(ckpt / "notes.txt", "mine")
+    write(ckpt / "cfg" / "run.yaml", "lr: 2")  # differs from the snapshot's
+    write(ckpt / ".model.pt.spotrun-tmp.abcd", "half")
+    (ckpt / "data").symlink_to(tmp_path / "elsewhere")
+    write(tmp_path / "elsewhere" / "big.bin", "not ours")
+    (ckpt / "empty-dir").mkdir()
+
+    caplog.set_level(logging.INFO, "spotrun.store")
+    await CheckpointSync(url, ckpt, "job-1", attempt=2).before_start({})
+
+    assert tree(ckpt) == {"model.pt": b"weights", "cfg/run.yaml": b"lr: 1"}
+    assert sorted(p.name for p in ckpt.iterdir()) == ["cfg", "model.pt"]
+    [kept] = tmp_path.glob("ckpt.spotrun-kept-*")
+    assert sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*")) == [
+        ".model.pt.spotrun-tmp.abcd", "cfg", "cfg/run.yaml", "data", "empty-dir", "notes.txt",
+    ]  # fmt: skip
+    assert (kept / "notes.txt").read_text() == "mine" and (kept / "cfg" / "run.yaml").read_text() == "lr: 2"
+    assert (kept / "data").is_symlink() and os.readlink(kept / "data") == str(tmp_path / "elsewhere")
+    assert (tmp_path / "elsewhere" / "big.bin").read_text() == "not ours"
+    assert not list(tmp_path.glob(".ckpt*"))  # no temp or swapped-out directory left behind
+    [line] = [r.getMessage() for r in caplog.records if "nothing was deleted" in r.getMessage()]
+    assert str(kept) in line and "held 5 entries" in line and "'cfg/run.yaml'" in line
+
+    await CheckpointSync(url, ckpt, "job-1", attempt=3).before_start({})  # only the snapshot's files
+    assert len(list(tmp_path.glob("ckpt.spotrun-kept-*"))) == 1  # nothing new to keep
+
+
+async def test_a_checkpoint_dir_holding_the_working_directory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = (tmp_path / "store").as_uri()
+    work = tmp_path / "work"
+    write(work / "train.py", "print('the code')")
+    await Store.open(url, create=True).snapshot("job-1", 1, work)
+    write(work / "train.py", "print('newer code')")
+    monkeypatch.chdir(work / ".." / "work")
+    with pytest.raises(RestoreError, match="working directory"):
+        await CheckpointSync(url, Path("."), "job-1", attempt=2).before_start({})
+    assert (work / "train.py").read_text() == "print('newer code')"

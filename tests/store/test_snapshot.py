@@ -179,3 +179,21 @@ def test_missing_file_store_bad_urls_and_job_ids_are_clear(tmp_path: Path) -> No
         Store.open("ftp://host/x")
     with pytest.raises(StoreError, match="invalid job id"):
         check_job_id("../x")
+
+
+async def test_no_empty_snapshot_while_the_only_file_is_rewritten_during_the_first_sync(tmp_path: Path) -> None:
+    """docs/store-format.md: a snapshot never holds 0 files; the first one waits for the file."""
+    src = tmp_path / "src"
+    write(src / "model.pt", os.urandom(3 * CHUNK))
+    store = Store.open((tmp_path / "store").as_uri(), create=True, chunk_size=CHUNK)
+
+    def rewrite(_: int) -> None:
+        with open(src / "model.pt", "r+b") as f:
+            f.write(b"rewritten")
+            os.utime(f.fileno(), ns=(1, 1))
+
+    info = await store.snapshot("job-1", 1, src, progress=rewrite)
+    assert (info.published, info.skipped, info.files) == (False, ["model.pt"], 1)
+    assert await store.snapshots("job-1") == []
+    info = await store.snapshot("job-1", 1, src)
+    assert info.published and info.id == "a1-s1"

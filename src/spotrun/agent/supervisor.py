@@ -1,7 +1,8 @@
 """The agent's supervisor: runs the user's command and turns a cloud's notice into a clean stop.
 
 The command runs in its own process group so that one signal reaches every process it started
-(shell wrappers, DataLoader workers, `torchrun` ranks). On a reclaim notice the supervisor
+(shell wrappers, DataLoader workers, `torchrun` ranks), and a watchdog SIGKILLs that group should
+the agent die (agent/watchdog.py). On a reclaim notice the supervisor
 publishes the notice file, signals the group, lets the hooks make state durable within the
 notice's deadline, and SIGKILLs the group just before the machine would vanish, so that the
 final sync in `after_exit` runs on a process tree that has stopped writing.
@@ -27,6 +28,7 @@ from spotrun.agent.hooks import AgentHook
 from spotrun.agent.noticefile import clear_notice_file, notice_env, write_notice_file
 from spotrun.agent.procgroup import group_alive
 from spotrun.agent.signals import FORWARDED
+from spotrun.agent.watchdog import Watchdog
 from spotrun.durations import format_duration
 from spotrun.notices.base import Notice, NoticeKind, Watcher
 
@@ -89,6 +91,7 @@ class Supervisor:
             if not (s == signal.SIGTERM and any(w.provider == "kubernetes" for w in self.watchers))
         )
         self._proc: asyncio.subprocess.Process | None = None
+        self._watchdog: Watchdog | None = None
         self._prestart: asyncio.Task[None] | None = None
         self._early_signal: signal.Signals | None = None
         self._stop: tuple[Watcher, Notice] | None = None
@@ -133,6 +136,8 @@ class Supervisor:
             for watcher in self.watchers:
                 with contextlib.suppress(Exception):
                     await watcher.aclose()
+            if self._watchdog is not None:
+                self._watchdog.release(kill=self._running())  # never leave the command behind
             self._report_helpers()
 
     # -- the command's lifetime ------------------------------------------------------------
@@ -166,6 +171,7 @@ class Supervisor:
             log.error("cannot run %s: %s (is it an executable file?)",
                       self.command[0], exc.strerror or exc)
             return EXIT_NOT_EXECUTABLE
+        self._watchdog = Watchdog(self._proc.pid)  # start_new_session: the group id is its pid
         providers = ", ".join(w.provider for w in self.watchers) or "nothing"
         log.info(
             "started %s (pid %d, job %s, attempt %d); watching %s",

@@ -163,6 +163,7 @@ def exec_(
         job_id=job_id, attempt=attempt, signal=signals.Signals[signal_name], on_notice=on_notice,
         kill_margin=kill_margin, grace=grace, signal_rebalance=signal_rebalance, ack=ack,
     )
+    hooks: list[AgentHook] = []
     try:
         hooks = _store_hooks(checkpoint_dir, outputs_dir, store, options, sync_interval, keep)
         code = asyncio.run(_supervise(command, watch, options, hooks))
@@ -170,7 +171,25 @@ def exec_(
         fail(str(exc))
     except KeyboardInterrupt:  # Ctrl-C while detecting the cloud, before the command started
         code = 128 + signals.SIGINT
+    if hooks:
+        _leave_abandoned_store_calls(code)
     raise typer.Exit(code)
+
+
+def _leave_abandoned_store_calls(code: int) -> None:
+    """Exit now if a store call given up at its deadline still runs: a normal exit would join
+    its thread, for minutes against a store that never answers, past the notice's deadline."""
+    import logging
+    import os
+    import sys
+
+    from spotrun.store.backend import abandoned_calls
+
+    if abandoned_calls():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _store_hooks(

@@ -124,22 +124,19 @@ def ls_cmd(
         return rows
 
     async def snaps() -> list[dict[str, Any]]:
+        from spotrun.store import HostileManifest, NoSnapshot
+
         pinned = await store.pins(job)
         rows = []
         for ref in await store.snapshots(job):
-            m = await store.manifest(ref)
-            rows.append(
-                {
-                    "id": ref.id,
-                    "attempt": ref.attempt,
-                    "sequence": ref.sequence,
-                    "created_at": m.created_at,
-                    "files": len(m.files),
-                    "size": m.total_size,
-                    "host": m.host,
-                    "pinned": ref.name in pinned,
-                }
-            )
+            row: dict[str, Any] = {"id": ref.id, "attempt": ref.attempt, "sequence": ref.sequence}
+            try:
+                m = await store.manifest(ref)
+            except (HostileManifest, NoSnapshot) as exc:  # one bad manifest hides none of the others
+                row.update(created_at=None, files=None, size=None, host=None, invalid=str(exc))
+            else:
+                row.update(created_at=m.created_at, files=len(m.files), size=m.total_size, host=m.host, invalid=None)
+            rows.append({**row, "pinned": ref.name in pinned})
         return rows
 
     rows = _run(snaps if job else jobs)
@@ -154,6 +151,12 @@ def ls_cmd(
         for col in ("ID", "created", "files", "size", "host", "pinned"):
             table.add_column(col, justify="right" if col in ("files", "size") else "left")
         for r in rows:
+            if r["invalid"]:
+                from rich.markup import escape
+
+                bad = f"[red]invalid: {escape(r['invalid'])}[/]"
+                table.add_row(r["id"], bad, "-", "-", "-", "yes" if r["pinned"] else "")
+                continue
             table.add_row(
                 r["id"],
                 r["created_at"][:19],
@@ -259,17 +262,25 @@ def restore_cmd(
     fallback: bool = typer.Option(
         False, "--fallback", help="If the snapshot fails verification, restore the one before it."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace DEST's contents when it is not empty."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Restore into DEST even when it is not empty: files identical to the snapshot's are "
+        "replaced, anything else is moved to DEST.spotrun-kept-TIME beside it, never deleted.",
+    ),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Restore a snapshot into any directory; every chunk is verified against its hash."""
-    from spotrun.store import restore
+    from spotrun.store import HostileManifest, NoSnapshot, restore
 
     store = _open(store_url)
 
     async def go():
-        manifest = await store.manifest(await store.find(job, snapshot))
-        with _bytes_progress("restoring", manifest.total_size, not json_out) as progress:
+        try:  # only to size the progress bar: an invalid manifest is restore's to refuse or skip
+            total = (await store.manifest(await store.find(job, snapshot))).total_size
+        except (HostileManifest, NoSnapshot):
+            total = 0
+        with _bytes_progress("restoring", total, not json_out) as progress:
             return await restore(
                 store, job, dest, snapshot=snapshot, fallback=fallback, replace=force, progress=progress
             )
@@ -280,6 +291,10 @@ def restore_cmd(
         return
     for s in info.skipped:
         console.print(f"[yellow]skipped {s['snapshot']}[/]: {s['reason']}")
+    if info.kept_in:
+        from rich.markup import escape
+
+        console.print(f"[yellow]{escape(info.kept_line())}[/]")
     console.print(
         f"restored {info.snapshot} of job {job}: {info.files} files, {_size(info.bytes)} into {info.dest}"
     )

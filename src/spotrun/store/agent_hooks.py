@@ -2,6 +2,10 @@
 
 Both are built from plain values so the supervisor (`spotrun exec --checkpoint-dir DIR
 --store URL --sync-interval D --keep N --outputs-dir DIR`) can construct them from its flags.
+
+After a notice, everything they do ends by the notice's deadline whatever the store does (it
+may be unreachable, or hang): the machine is gone then, and the agent must have said which
+snapshot is the last durable one while it still could.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 from pathlib import Path
 
 from spotrun.notices.base import Notice
-from spotrun.store.errors import Fenced, HostileManifest, NoSnapshot, StoreError
+from spotrun.store.errors import Fenced, HostileManifest, NoSnapshot, StoreError, StoreUnavailable
 from spotrun.store.format import job_prefix, safe_relpath
 from spotrun.store.restore import restore
 from spotrun.store.scan import LocalFile, scan, signature
@@ -25,6 +29,19 @@ log = logging.getLogger("spotrun.store")
 
 POLL_S = 0.25  # how often the directory is looked at; a completed file is synced within ~2 polls
 NOTICE_MARGIN_S = 1.0  # left of a notice budget for the supervisor's own last steps
+
+
+def _deadline(notice: Notice, budget_s: float | None) -> float | None:
+    """When work for this notice must be over (monotonic): the notice's deadline, or the
+    budget when it gave none, less the supervisor's margin; None when nothing is known."""
+    left = notice.seconds_left()
+    if left is None or left <= 0:
+        left = budget_s
+    return None if left is None else time.monotonic() + left - NOTICE_MARGIN_S
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
 class CheckpointSync:
@@ -45,16 +62,20 @@ class CheckpointSync:
         self.sync_interval_s, self.keep = sync_interval_s, keep
         self.fenced = False
         self.last_info: SnapshotInfo | None = None  # the latest sync's result, for logs and tests
+        self.durable: str | None = None  # the newest snapshot known to be in the store
         self._synced_sig: frozenset | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
+        self._deadline: float | None = None  # set by a notice
 
     async def before_start(self, env: dict[str, str]) -> None:
         """Replace the directory's contents with the newest snapshot that verifies.
 
         The store wins over local files: on a fresh instance the directory is empty anyway, and
-        after a crash its files may be older or torn. A store that cannot be read raises
-        StoreError: starting the job from scratch would silently throw its progress away.
+        after a crash its files may be older or torn. What the directory held that is not the
+        snapshot's (user files, temp files, symlinks) is moved beside it, never deleted, and
+        said so in one line. A store that cannot be read raises StoreError: starting the job
+        from scratch would silently throw its progress away.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -67,6 +88,9 @@ class CheckpointSync:
                 self.dir,
             )
         else:
+            self.durable = info.snapshot
+            if info.kept_in:
+                log.warning("%s", info.kept_line())
             log.info(
                 "restored snapshot %s of job %s (%d files, %d bytes) into %s",
                 info.snapshot,
@@ -92,6 +116,7 @@ class CheckpointSync:
 
     async def on_notice(self, notice: Notice, budget_s: float | None) -> None:
         """Flush now, newest file first; an in-flight periodic sync is cancelled (its chunks are kept)."""
+        self._deadline = _deadline(notice, budget_s)
         if self._task and not self._task.done():
             self._task.cancel()
             await asyncio.wait({self._task})
@@ -104,37 +129,66 @@ class CheckpointSync:
             )
 
     async def after_exit(self, returncode: int) -> None:
-        if self._task and not self._task.done():
-            await asyncio.wait({self._task})
-        await self._sync(progressive=False)
+        """The final snapshot, by the notice's deadline if there was one; the last line says
+        which snapshot a restart resumes from."""
+        try:
+            async with asyncio.timeout(_left(self._deadline)):
+                if self._task and not self._task.done():
+                    await asyncio.wait({self._task})
+                problem = await self._sync(progressive=False, final=True)
+        except TimeoutError:
+            problem = "the notice's deadline came first"
+        if self.fenced:
+            return
+        if problem is not None:
+            log.error(
+                "the final snapshot of job %s was lost (%s); %s",
+                self.job_id, problem, self._durable_line(),
+            )  # fmt: skip
+        else:
+            log.info("%s", self._durable_line())
+
+    def _durable_line(self) -> str:
+        if self.durable is None:
+            return f"no snapshot of job {self.job_id} is in {self.store.url}: a restart begins from scratch"
+        return f"the last durable snapshot of job {self.job_id} is {self.durable}: a restart resumes from it"
 
     async def _sync_in_task(self, progressive: bool) -> None:
         """Run a sync as its own task so on_notice can cancel it without ending while_running."""
         self._task = asyncio.create_task(self._sync(progressive))
         await asyncio.wait({self._task})
 
-    async def _sync(self, progressive: bool) -> None:
+    async def _sync(self, progressive: bool, final: bool = False) -> str | None:
+        """One snapshot; what went wrong, if anything (logged already unless `final`)."""
         if self.fenced:
-            return
+            return None
         async with self._lock:
             sig = signature(await asyncio.to_thread(scan, self.dir))
             try:
-                info = await self.store.snapshot(self.job_id, self.attempt, self.dir, progressive=progressive)
+                info = await self.store.snapshot(
+                    self.job_id, self.attempt, self.dir, progressive=progressive, published=self._published
+                )
             except Fenced as exc:
                 self.fenced = True
                 log.error("%s", exc)
-                return
+                return str(exc)
             except (StoreError, OSError) as exc:
-                log.warning("checkpoint sync failed, will retry: %s", exc)
-                return
+                if not final:
+                    log.warning("checkpoint sync failed, will retry: %s", exc)
+                return str(exc)
             self.last_info = info
             if not info.skipped:
                 self._synced_sig = sig
-            if info.published and self.keep:
+            if info.published and self.keep and self._deadline is None:  # after a notice: no time for it
                 with contextlib.suppress(StoreError):
                     await self.store.prune(self.job_id, self.keep)
             elif not info.published:
                 log.debug("no snapshot published: %s", info.note)
+            return None
+
+    def _published(self, info: SnapshotInfo) -> None:
+        """Called at each publish, a progressive one too: that snapshot is durable now."""
+        self.durable = info.id
 
 
 class OutputsSync:
@@ -155,6 +209,7 @@ class OutputsSync:
         self.job_id, self.attempt, self.settle_s = job_id, attempt, settle_s
         self.uploaded: set[str] = set()
         self._lock = asyncio.Lock()
+        self._deadline: float | None = None  # set by a notice
 
     def _prefix(self, attempt: int) -> str:
         return f"{job_prefix(self.job_id)}/outputs/attempt-{attempt}"
@@ -193,13 +248,25 @@ class OutputsSync:
         A file still being written is left for `after_exit`: uploads are write-once, so a torn
         upload now would block the complete file later.
         """
+        self._deadline = _deadline(notice, budget_s)
         budget = None if budget_s is None else max(budget_s - NOTICE_MARGIN_S, 0.1)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._upload(finished_only=True), budget)
 
     async def after_exit(self, returncode: int) -> None:
-        """The command has exited, so every file left is complete: upload them all."""
-        await self._upload(finished_only=False)
+        """The command has exited, so every file left is complete: upload them all, by the
+        notice's deadline if there was one, and name any that did not make it."""
+        problem = "the store refused them"
+        try:
+            async with asyncio.timeout(_left(self._deadline)):
+                await self._upload(finished_only=False)
+        except TimeoutError:
+            problem = "the notice's deadline came first"
+        files = await asyncio.to_thread(scan, self.dir, frozenset({self.PREVIOUS}))
+        lost = sorted(f.rel for f in files if f.rel not in self.uploaded)
+        if lost:
+            shown = ", ".join(lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+            log.error("%d outputs of job %s were not uploaded (%s): %s", len(lost), self.job_id, problem, shown)
 
     def _finished(self, f: LocalFile, now: float) -> bool:
         read_only = not f.st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
@@ -216,7 +283,12 @@ class OutputsSync:
                 try:
                     created = await self.store.backend.put(key, f.path, create=True)
                 except StoreError as exc:
-                    log.warning("output %s not uploaded yet: %s", f.rel, exc)
+                    if finished_only:
+                        log.warning("output %s not uploaded yet: %s", f.rel, exc)
+                    else:
+                        log.error("output %s not uploaded: %s", f.rel, exc)
+                    if isinstance(exc, StoreUnavailable):
+                        break  # the rest would wait as long again for the same answer
                     continue
                 self.uploaded.add(f.rel)
                 await self.store.backend.flush()

@@ -254,8 +254,10 @@ class Manifest:
             raise _Invalid(f"it is {len(raw)} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may be")
         try:
             data = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
+        except ValueError as exc:
             raise _Invalid(f"it is not JSON ({type(exc).__name__})") from None
+        except RecursionError:
+            raise _Invalid("it is nested too deeply to be a manifest") from None
         if not isinstance(data, dict):
             raise _Invalid(f"it is a JSON {type(data).__name__}, not an object")
         version = data.get("format_version")

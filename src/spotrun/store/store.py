@@ -207,6 +207,7 @@ class Store:
         exclude: frozenset[str] = frozenset(),
         progress: Progress | None = None,
         rehash: bool = False,
+        published: Callable[[SnapshotInfo], None] | None = None,
     ) -> SnapshotInfo:
         """Upload what changed in `src_dir` since the newest snapshot and publish a manifest.
 
@@ -214,6 +215,8 @@ class Store:
         newest changed file is durable and again at the end, so a flush cut short by a deadline
         still leaves the most recent checkpoint file in the store. `rehash` trusts nothing from
         the previous snapshot: every file is read and every chunk named by BLAKE3 again.
+        `published` is called as each manifest becomes durable (a progressive one too), so a
+        caller cut short by a deadline still knows the newest snapshot in the store.
         """
         started = time.monotonic()
         src = Path(src_dir)
@@ -264,7 +267,7 @@ class Store:
                 else:
                     fresh[f.rel] = entry
                 if progressive and i == 0 and len(changed) > 1 and entry is not None:
-                    await self._publish(job_id, attempt, chunk_size, entries(), info, started)
+                    await self._publish(job_id, attempt, chunk_size, entries(), info, started, published)
         finally:
             for task in tasks:
                 task.cancel()
@@ -280,7 +283,7 @@ class Store:
                 else "nothing changed since the latest snapshot"
             )
         else:
-            await self._publish(job_id, attempt, chunk_size, final, info, started)
+            await self._publish(job_id, attempt, chunk_size, final, info, started, published)
         info.duration_s = time.monotonic() - started
         return info
 
@@ -314,6 +317,7 @@ class Store:
         files: list[FileEntry],
         info: SnapshotInfo,
         started: float,
+        published: Callable[[SnapshotInfo], None] | None,
     ) -> None:
         if time.monotonic() - started > DEFAULT_GRACE_S / 2:
             raise StoreError("snapshot took longer than half the GC grace period; it will be retried")
@@ -336,6 +340,8 @@ class Store:
                 await self.backend.flush()
                 info.sequence, info.published, info.total_size = sequence, True, manifest.total_size
                 info.files = len(files)
+                if published:
+                    published(info)
                 log.info(
                     "published snapshot %s of job %s: %d files, %d bytes uploaded",
                     info.id,

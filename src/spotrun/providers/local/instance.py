@@ -125,7 +125,9 @@ class Launcher:
         try:
             if self.spec.setup:
                 self._say("setup")
-                outcome = await self._supervise(await self._spawn(["bash", "-c", self.spec.setup]), reclaim)
+                outcome = await self._supervise(
+                    await self._spawn(["bash", "-c", self.spec.setup]), reclaim, agent=False
+                )
                 if outcome[0] != InstanceState.EXITED or outcome[1] != 0:
                     return outcome[0], outcome[1], f"during setup: {outcome[2]}"
             agent = await self._spawn(self._agent_argv(url))
@@ -147,11 +149,18 @@ class Launcher:
             "--", "bash", "-c", spec.run,
         ]  # fmt: skip
 
-    async def _supervise(self, proc: asyncio.subprocess.Process, reclaim: asyncio.Task[float]) -> Outcome:
+    async def _supervise(
+        self, proc: asyncio.subprocess.Process, reclaim: asyncio.Task[float], agent: bool = True
+    ) -> Outcome:
         exited = asyncio.create_task(proc.wait())
         stop = asyncio.create_task(self.stopping.wait())
         try:
             await asyncio.wait({exited, stop, reclaim}, return_when=asyncio.FIRST_COMPLETED)
+            if exited.done() and exited.result() < 0 and agent:
+                # A killed agent reported nothing (its watchdog took the command down with it):
+                # the instance is lost, as a VM whose agent died, and its disk goes with it.
+                sig = signal.Signals(-exited.result()).name
+                return InstanceState.GONE, None, f"lost: the agent was killed by {sig}"
             if exited.done():
                 return InstanceState.EXITED, exited.result(), f"exited with status {exited.result()}"
             if stop.done():
