@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from datetime import datetime, timedelta, timezone
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from spotrun.agent.procgroup import group_alive
 from spotrun.agent.supervisor import EXIT_RECLAIMED
 
 from .helpers import child_cmd, wait_for
@@ -194,3 +196,36 @@ def test_signal_rebalance_stops_the_command(agent, out, tmp_path):
     publish(tmp_path, {"kind": "rebalance"})
     assert a.wait() == EXIT_RECLAIMED
     assert json.loads((out / "got-SIGTERM").read_text())["kind"] == "rebalance"
+
+
+def test_a_killed_agent_takes_its_whole_command_with_it(agent, out, tmp_path):
+    """SIGKILL leaves the agent no time to act: its watchdog ends the command's process group."""
+    script = (f'sleep 600 & echo $! > {out}/background; '
+              f'echo $$ > {out}/.ready.tmp && mv {out}/.ready.tmp {out}/ready; wait')  # fmt: skip
+    a = agent(["--provider", "none", "--notice-file", str(tmp_path / "n.json")], ["bash", "-c", script])
+    group = int(wait_for(lambda: (out / "ready").exists() and (out / "ready").read_text(), "the command"))
+    background = int((out / "background").read_text())
+    assert group_alive(group)
+    a.signal(signal.SIGKILL)
+    assert a.wait() == -signal.SIGKILL
+    wait_for(lambda: not group_alive(group), "the command's group to be gone")
+    with pytest.raises(ProcessLookupError):
+        os.kill(background, 0)
+
+
+def test_an_agent_that_finishes_leaves_no_watchdog_behind(agent, out, tmp_path):
+    a = agent(["--provider", "none", "--notice-file", str(tmp_path / "n.json")],
+              ["bash", "-c", f"echo $$ > {out}/pid"])  # fmt: skip
+    assert a.wait() == 0
+    assert not processes_with(f"spotrun-watchdog\0{(out / 'pid').read_text().strip()}\0")
+
+
+def processes_with(needle: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and needle.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found

@@ -213,3 +213,16 @@ async def test_on_demand_instances_cannot_be_interrupted(make_provider) -> None:
     with pytest.raises(ValueError, match="on-demand"):
         await provider.interrupt(instance.id)
     assert (await provider.query(instance.id)).state in (InstanceState.PENDING, InstanceState.RUNNING)
+
+
+async def test_a_killed_agent_means_a_lost_instance_and_its_command_dies_with_it(make_provider) -> None:
+    provider = make_provider()
+    instance = await provider.launch(request("t-agent-kill", "echo job-is-up; sleep 600"))
+    running = await wait_state(provider, instance.id, InstanceState.RUNNING)
+    await wait_until(lambda: "job-is-up" in Path(running.log_path).read_text(), "the job to start")
+    state = json.loads((provider.root / "instances" / instance.id / "state.json").read_text())
+    os.kill(state["agent_pid"], signal.SIGKILL)
+    lost = await wait_state(provider, instance.id, InstanceState.GONE, InstanceState.EXITED)
+    assert (lost.state, lost.returncode) == (InstanceState.GONE, None)  # lost, not a failed job
+    assert "killed by SIGKILL" in Path(lost.log_path).read_text()
+    await wait_until(lambda: instance_processes(instance.id) == [], "the instance's processes to go")

@@ -93,3 +93,33 @@ def test_unreachable_and_missing_stores_are_clear_errors(
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     bad = run(spotrun_cmd, "show", str(tmp_path), "--job", "x", "--snapshot", "latest-ish")
     assert bad.returncode == 2 and ("not a snapshot id" in bad.stderr or "no snapshot" in bad.stderr)
+
+
+def test_an_invalid_latest_manifest_is_shown_and_skipped_by_ckpt_and_exec(spotrun_cmd: list[str], tmp_path: Path) -> None:
+    """`chunk_size: 0` once crashed restore (ZeroDivisionError) and made `exec` exit 70."""
+    store = tmp_path / "store"
+    write(tmp_path / "src" / "step.txt", "41")
+    ok_json(spotrun_cmd, "snapshot", str(store), str(tmp_path / "src"), "--job", "j")
+    good = store / "jobs/j/snapshots/a000001-s00000001.json"
+    bad = json.loads(good.read_text()) | {"sequence": 2, "chunk_size": 0}
+    good.with_name("a000001-s00000002.json").write_text(json.dumps(bad))
+
+    rows = ok_json(spotrun_cmd, "ls", str(store), "--job", "j")
+    assert [(r["id"], r["files"]) for r in rows] == [("a1-s1", 1), ("a1-s2", None)]
+    assert rows[0]["invalid"] is None and "chunk_size = 0" in rows[1]["invalid"]
+    human = run(spotrun_cmd, "ls", str(store), "--job", "j")
+    assert human.returncode == 0 and "invalid" in human.stdout and "Traceback" not in human.stderr
+    refused = run(spotrun_cmd, "restore", str(store), str(tmp_path / "out"), "--job", "j")
+    assert refused.returncode == 2 and "chunk_size = 0" in refused.stderr and "Traceback" not in refused.stderr
+    restored = ok_json(spotrun_cmd, "restore", str(store), str(tmp_path / "out"), "--job", "j", "--fallback")
+    assert restored["snapshot"] == "a1-s1" and restored["skipped"][0]["snapshot"] == "a1-s2"
+
+    ckpt = tmp_path / "ckpt"
+    agent = subprocess.run(
+        [*spotrun_cmd, "exec", "--provider", "none", "--notice-file", str(tmp_path / "n.json"),
+         "--checkpoint-dir", str(ckpt), "--store", str(store), "--job-id", "j", "--attempt", "2",
+         "--", "bash", "-c", f'test "$(cat {ckpt}/step.txt)" = 41'],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert agent.returncode == 0, agent.stderr
+    assert "snapshot a1-s2 of job j refused" in agent.stderr and "restored snapshot a1-s1" in agent.stderr

@@ -119,6 +119,10 @@ class Backend:
             self.root = Path(unquote(parts.path))
             if not create and not self.root.is_dir():
                 raise StoreError(f"no store at {self.url}: the directory {self.root} does not exist")
+            try:
+                _private_dirs(self.root)  # before obstore would make it at the umask
+            except OSError as exc:
+                raise StoreError(f"cannot create the store directory {self.root}: {exc.strerror or exc}") from None
             kwargs["mkdir"] = True
         else:
             endpoint = options.pop("endpoint", None) or (
