@@ -179,16 +179,21 @@ async def test_a_new_provider_object_sees_earlier_instances(make_provider) -> No
     assert (await restarted.query(long.id)).state == InstanceState.TERMINATED
 
 
-async def test_a_dead_launcher_means_a_gone_instance_and_no_orphans(make_provider) -> None:
+@pytest.mark.parametrize(("victim", "record", "key"), [("launcher", "launcher.json", "pid"), ("agent", "state.json", "agent_pid")])
+async def test_a_dead_launcher_or_agent_means_a_lost_instance_and_no_orphans(
+    make_provider, victim: str, record: str, key: str
+) -> None:
+    """The machine vanished, or its agent was killed (its watchdog took the command with it):
+    either way the instance is lost, not a failed job, and nothing of it keeps running."""
     provider = make_provider()
-    instance = await provider.launch(request("t-crash", "echo job-is-up; sleep 600"))
+    instance = await provider.launch(request(f"t-crash-{victim}", "echo job-is-up; sleep 600"))
     running = await wait_state(provider, instance.id, InstanceState.RUNNING)
     await wait_until(lambda: "job-is-up" in Path(running.log_path).read_text(), "the job to start")
-    launcher = json.loads((provider.root / "instances" / instance.id / "launcher.json").read_text())
-    os.kill(launcher["pid"], signal.SIGKILL)
-    gone = await wait_state(provider, instance.id, InstanceState.GONE)
-    assert gone.token == "t-crash"
-    assert instance_processes(instance.id) == []
+    pid = json.loads((provider.root / "instances" / instance.id / record).read_text())[key]
+    os.kill(pid, signal.SIGKILL)
+    gone = await wait_state(provider, instance.id, InstanceState.GONE, InstanceState.EXITED)
+    assert (gone.state, gone.token, gone.returncode) == (InstanceState.GONE, f"t-crash-{victim}", None)
+    await wait_until(lambda: instance_processes(instance.id) == [], "the instance's processes to go")
 
 
 async def test_query_of_an_unknown_instance_is_gone(make_provider) -> None:
@@ -214,15 +219,3 @@ async def test_on_demand_instances_cannot_be_interrupted(make_provider) -> None:
         await provider.interrupt(instance.id)
     assert (await provider.query(instance.id)).state in (InstanceState.PENDING, InstanceState.RUNNING)
 
-
-async def test_a_killed_agent_means_a_lost_instance_and_its_command_dies_with_it(make_provider) -> None:
-    provider = make_provider()
-    instance = await provider.launch(request("t-agent-kill", "echo job-is-up; sleep 600"))
-    running = await wait_state(provider, instance.id, InstanceState.RUNNING)
-    await wait_until(lambda: "job-is-up" in Path(running.log_path).read_text(), "the job to start")
-    state = json.loads((provider.root / "instances" / instance.id / "state.json").read_text())
-    os.kill(state["agent_pid"], signal.SIGKILL)
-    lost = await wait_state(provider, instance.id, InstanceState.GONE, InstanceState.EXITED)
-    assert (lost.state, lost.returncode) == (InstanceState.GONE, None)  # lost, not a failed job
-    assert "killed by SIGKILL" in Path(lost.log_path).read_text()
-    await wait_until(lambda: instance_processes(instance.id) == [], "the instance's processes to go")

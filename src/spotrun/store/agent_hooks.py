@@ -131,13 +131,14 @@ class CheckpointSync:
     async def after_exit(self, returncode: int) -> None:
         """The final snapshot, by the notice's deadline if there was one; the last line says
         which snapshot a restart resumes from."""
+        self.last_info = None
         try:
             async with asyncio.timeout(_left(self._deadline)):
                 if self._task and not self._task.done():
                     await asyncio.wait({self._task})
                 problem = await self._sync(progressive=False, final=True)
-        except TimeoutError:
-            problem = "the notice's deadline came first"
+        except TimeoutError:  # unless only the retention after the snapshot was cut short
+            problem = None if self.last_info is not None else "the notice's deadline came first"
         if self.fenced:
             return
         if problem is not None:
@@ -179,7 +180,7 @@ class CheckpointSync:
             self.last_info = info
             if not info.skipped:
                 self._synced_sig = sig
-            if info.published and self.keep and self._deadline is None:  # after a notice: no time for it
+            if info.published and self.keep:
                 with contextlib.suppress(StoreError):
                     await self.store.prune(self.job_id, self.keep)
             elif not info.published:

@@ -106,7 +106,7 @@ def _check_target(target: Path, replace: bool) -> None:
         raise RestoreError(f"{target} exists and is not a directory: choose another destination")
     if not target.is_dir():
         return
-    if Path.cwd().is_relative_to(target):
+    if _holds_cwd(target):
         raise RestoreError(
             f"{target} is the working directory or holds it: restore into a directory of its own"
         )
@@ -115,6 +115,13 @@ def _check_target(target: Path, replace: bool) -> None:
             f"{target} is not empty: restore into a new or empty directory, or pass --force to replace it "
             "(what it holds is moved aside, not deleted)"
         )
+
+
+def _holds_cwd(target: Path) -> bool:
+    try:
+        return Path.cwd().is_relative_to(target.resolve())
+    except OSError:  # the working directory was deleted: no target holds it
+        return False
 
 
 async def _restore_one(
