@@ -106,7 +106,11 @@ def ls_cmd(
     job: str = typer.Option(None, "--job", "-j", help="List this job's snapshots instead of the jobs."),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """List the jobs in a store, or one job's snapshots (newest last)."""
+    """List the jobs in a store, or one job's snapshots (newest last).
+
+    A snapshot whose manifest is refused (damaged, hostile, from a newer spotrun) is listed as
+    invalid with the reason (JSON: `invalid`); restore --fallback skips it.
+    """
     store = _open(store_url)
 
     async def jobs() -> list[dict[str, Any]]:
