@@ -215,7 +215,7 @@ def test_an_agent_that_finishes_leaves_no_watchdog_behind(agent, out, tmp_path):
     a = agent(["--provider", "none", "--notice-file", str(tmp_path / "n.json")],
               ["bash", "-c", f"echo $$ > {out}/pid"])  # fmt: skip
     assert a.wait() == 0
-    assert not processes_with(f"spotrun-watchdog\0{(out / 'pid').read_text().strip()}\0")
+    assert not processes_with(f"\0{(out / 'pid').read_text().strip()}\0spotrun-watchdog\0")
 
 
 def processes_with(needle: str) -> list[int]:

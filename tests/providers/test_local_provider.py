@@ -179,7 +179,9 @@ async def test_a_new_provider_object_sees_earlier_instances(make_provider) -> No
     assert (await restarted.query(long.id)).state == InstanceState.TERMINATED
 
 
-@pytest.mark.parametrize(("victim", "record", "key"), [("launcher", "launcher.json", "pid"), ("agent", "state.json", "agent_pid")])
+@pytest.mark.parametrize(
+    ("victim", "record", "key"), [("launcher", "launcher.json", "pid"), ("agent", "state.json", "agent_pid")]
+)
 async def test_a_dead_launcher_or_agent_means_a_lost_instance_and_no_orphans(
     make_provider, victim: str, record: str, key: str
 ) -> None:

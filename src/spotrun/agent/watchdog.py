@@ -4,8 +4,9 @@ The command runs in a process group of its own (so one signal reaches all of it)
 means nothing ends it when the agent dies: a SIGKILLed or crashed agent would leave it running,
 still writing checkpoints that nobody syncs, on a machine the controller already counts as lost.
 A parent-death signal (`PR_SET_PDEATHSIG`) would reach only the group's first process, so a
-watchdog holds the group instead: a tiny `sh` in a session of its own, whose stdin is a pipe
-only the agent can write to. The kernel closes that pipe whatever kills the agent; the
+watchdog holds the group instead: a tiny Python (no site, no imports beyond `os`; images
+without a shell have one too) in a session of its own, whose stdin is a pipe only the agent can
+write to. The kernel closes that pipe whatever kills the agent; the
 watchdog reads end-of-file and SIGKILLs the whole group. When the agent is done with the
 command, it writes `done` first and the watchdog exits without killing anything.
 """
@@ -16,11 +17,19 @@ import contextlib
 import logging
 import os
 import subprocess
+import sys
 
 log = logging.getLogger("spotrun.agent")
 
-# $1: the group. EOF before `done` means the agent is gone.
-_SCRIPT = 'read -r word; [ "$word" = done ] || kill -s KILL -- "-$1" 2>/dev/null; exit 0'
+# argv[1]: the group. End-of-file before `done` means the agent is gone.
+_SCRIPT = """
+import os, sys
+if sys.stdin.readline().strip() != "done":
+    try:
+        os.killpg(int(sys.argv[1]), 9)
+    except OSError:
+        pass
+"""
 
 
 class Watchdog:
@@ -28,7 +37,7 @@ class Watchdog:
         read, self._pipe = os.pipe()  # both ends close-on-exec: the command never holds the write end
         try:
             self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-                ["sh", "-c", _SCRIPT, "spotrun-watchdog", str(pgid)],
+                [sys.executable, "-I", "-S", "-c", _SCRIPT, str(pgid), "spotrun-watchdog"],
                 stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True,  # a signal to the agent's own group does not reach it
             )  # fmt: skip

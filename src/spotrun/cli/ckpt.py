@@ -139,7 +139,9 @@ def ls_cmd(
             except (HostileManifest, NoSnapshot) as exc:  # one bad manifest hides none of the others
                 row.update(created_at=None, files=None, size=None, host=None, invalid=str(exc))
             else:
-                row.update(created_at=m.created_at, files=len(m.files), size=m.total_size, host=m.host, invalid=None)
+                row.update(
+                    created_at=m.created_at, files=len(m.files), size=m.total_size, host=m.host, invalid=None
+                )
             rows.append({**row, "pinned": ref.name in pinned})
         return rows
 

@@ -44,7 +44,9 @@ class RestoreInfo:
 
     def kept_line(self) -> str:
         """One line for people: what the restore did not delete, and where it is."""
-        names = ", ".join(repr(k) for k in self.kept[:3]) + (f" and {len(self.kept) - 3} more" if len(self.kept) > 3 else "")
+        names = ", ".join(repr(k) for k in self.kept[:3])
+        if len(self.kept) > 3:
+            names += f" and {len(self.kept) - 3} more"
         return (
             f"{self.dest} held {len(self.kept)} entries that are not in snapshot {self.snapshot} ({names}); "
             f"moved them to {self.kept_in}, nothing was deleted"
