@@ -7,6 +7,7 @@ from email.utils import parsedate_to_datetime
 import pytest
 
 from spotrun.emulators.azure import AzureEmulator
+from spotrun.emulators.profile import InstanceProfile
 from spotrun.notices.azure import AzureWatcher
 from spotrun.notices.base import NoticeKind
 
@@ -17,7 +18,7 @@ EVENTS = "/metadata/scheduledevents"
 
 
 async def test_preempt_for_this_vm_is_yielded_once(serve, collect):
-    emu = AzureEmulator(vm_name="worker-7")
+    emu = AzureEmulator(profile=InstanceProfile(name="worker-7"))
     watcher = AzureWatcher(await serve(emu), poll_interval=FAST)  # name read from IMDS
     seen = collect(watcher)
     event = emu.trigger(action="Preempt")
@@ -31,7 +32,7 @@ async def test_preempt_for_this_vm_is_yielded_once(serve, collect):
 
 
 async def test_events_for_other_vms_are_ignored(serve, collect):
-    emu = AzureEmulator(vm_name="worker-7")
+    emu = AzureEmulator(profile=InstanceProfile(name="worker-7"))
     seen = collect(AzureWatcher(await serve(emu), vm_name="worker-7", poll_interval=FAST))
     emu.trigger(action="Preempt", resources=["worker-8", "worker-9"])
     await polls(emu, EVENTS, 3)

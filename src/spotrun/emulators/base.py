@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import logging
 import secrets
 import threading
 import time
@@ -29,6 +30,7 @@ from typing import Any, ClassVar, Self
 
 from aiohttp import web
 
+from spotrun.emulators.profile import InstanceProfile
 from spotrun.notices.base import NoticeKind
 
 CONTROL_PREFIX = "/_spotrun"
@@ -90,19 +92,19 @@ def tree_lookup(values: dict[str, str], path: str) -> str | None:
     return "\n".join(children) if children else None
 
 
-def check_kind(kind: str, supported: tuple[str, ...], cloud: str) -> None:
-    if kind not in KINDS:
-        raise ControlError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
-    if kind not in supported:
-        raise ControlError(f"{cloud} has no {kind} notice; it supports {', '.join(supported)}")
-
-
 class Emulator(abc.ABC):
-    """One cloud's notice endpoint, served over HTTP (or a Unix socket) on this machine."""
+    """One cloud's notice endpoint, served over HTTP (or a Unix socket) on this machine.
+
+    `profile` holds the instance's facts; what it leaves out comes from the cloud's `DEFAULTS`.
+    """
 
     cloud: ClassVar[str]
+    title: ClassVar[str]  # the cloud's name in messages
+    DEFAULTS: ClassVar[dict[str, str]] = {}
 
-    def __init__(self) -> None:
+    def __init__(self, profile: InstanceProfile | None = None) -> None:
+        self.profile = (profile or InstanceProfile()).or_defaults(**self.DEFAULTS)
+        self.log = logging.getLogger(f"spotrun.emulators.{self.cloud}")
         self.url: str | None = None
         self.requests: Counter[str] = Counter()  # cloud requests by path: tests wait on polls
         self.responses: Counter[int] = Counter()  # cloud answers by status
@@ -139,6 +141,18 @@ class Emulator(abc.ABC):
         """Wake anything waiting (long polls) so the server can stop at once."""
 
     # --- shared behaviour -----------------------------------------------------------------
+
+    def check_kind(self, kind: str, supported: tuple[str, ...]) -> None:
+        """Refuse a notice this cloud never sends, or one an on-demand instance never gets."""
+        if kind not in KINDS:
+            raise ControlError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+        if kind not in supported:
+            raise ControlError(f"{self.title} has no {kind} notice; it supports {', '.join(supported)}")
+        if kind != "maintenance" and not self.profile.spot:
+            raise ControlError(
+                f"this instance's profile says lifecycle {self.profile.lifecycle}: only spot capacity "
+                f"gets a {kind} notice; use --profile lifecycle=spot"
+            )
 
     def fail_next(self, count: int = 1, status: int = 503) -> None:
         """Answer the next `count` cloud requests with `status` (a 5xx blip, a 429, a 410)."""
@@ -259,7 +273,7 @@ class EmulatorThread:
     botocore and google-auth block; serving them from the test's own event loop would
     deadlock, so the emulator gets a loop of its own:
 
-        with EmulatorThread(AwsEmulator(imdsv2_required=True)) as emu:
+        with EmulatorThread(AwsEmulator()) as emu:
             emu.call(emu.emulator.trigger, action="terminate")
             fetch(emu.url)
     """
