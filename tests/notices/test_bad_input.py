@@ -17,7 +17,7 @@ from spotrun.notices.gcp import GcpWatcher
 
 from .conftest import FAST
 from .helpers import Collector, wait_until
-from .rawserver import RawServer, http
+from .rawserver import TRICKLE, RawServer, http
 
 WHEN = "2030-01-01T00:00:00Z"
 AZURE_EVENT = {
@@ -108,6 +108,74 @@ async def test_watcher_survives_a_misbehaving_server(cloud, mode, tmp_path, capl
         behaving = True
         [notice] = await seen.wait_count(1)
         assert (notice.provider, notice.kind) == (cloud, NoticeKind.RECLAIM)
+    finally:
+        await seen.close()
+        await server.stop()
+
+
+NOTICE_PATH = {"aws": "instance-action", "gcp": "preempted", "azure": "scheduledevents",
+               "alibaba": "termination-time", "eci": "spot_termination_time"}
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "azure", "alibaba", "eci"])
+async def test_a_trickling_endpoint_does_not_silence_notices(cloud, tmp_path, caplog):
+    """The first notice request is answered a byte every 0.2 s, forever: only an overall
+    deadline on the poll (not httpx's per-read timeout) lets the watcher ask again."""
+    trickled: list[str] = []
+
+    def respond(method: str, target: str) -> bytes | None:
+        if NOTICE_PATH[cloud] in target and not trickled:
+            trickled.append(target)
+            return TRICKLE
+        return good(cloud, method, target)
+
+    server = RawServer(respond)
+    url = await server.start(str(tmp_path / "agent.sock") if cloud == "eci" else None)
+    caplog.set_level(logging.WARNING, f"spotrun.notices.{cloud}")
+    seen = Collector(watcher_for(cloud, url))
+    try:
+        [notice] = await seen.wait_count(1)
+        assert (notice.provider, notice.kind) == (cloud, NoticeKind.RECLAIM)
+        assert trickled and any("no complete answer" in r.getMessage() for r in caplog.records)
+    finally:
+        await seen.close()
+        await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("cloud", "first"),
+    [
+        ("aws", http(200, json.dumps({"action": "terminate", "time": "9999-01-01T00:00:00Z"}))),
+        ("alibaba", http(200, "1970-01-01T00:00:00Z")),
+        ("eci", http(200, "2999-12-31T23:59:59+00:00")),
+        ("azure", http(200, json.dumps({**AZURE_EVENT, "DocumentIncarnation": "2"}))),
+        ("azure", http(200, json.dumps({**AZURE_EVENT, "Events": [{**AZURE_EVENT["Events"][0], "NotBefore": "soon"}]}))),
+        ("gcp", http(200, "TRUE", {"ETag": "<script>", "Metadata-Flavor": "Google"})),
+    ],
+    ids=["aws-time", "alibaba-time", "eci-time", "azure-incarnation", "azure-notbefore", "gcp-etag"],
+)
+async def test_a_bad_field_is_never_adopted(cloud, first, tmp_path):
+    """A well-formed answer with one field the cloud never sends: not a notice, asked again,
+    and the real answer after it is heard with its own values."""
+    answered: list[str] = []
+
+    def respond(method: str, target: str) -> bytes | None:
+        if NOTICE_PATH[cloud] in target and not answered:
+            answered.append(target)
+            return first
+        return good(cloud, method, target)
+
+    server = RawServer(respond)
+    url = await server.start(str(tmp_path / "agent.sock") if cloud == "eci" else None)
+    seen = Collector(watcher_for(cloud, url))
+    try:
+        [notice] = await seen.wait_count(1)
+        assert answered
+        if cloud == "gcp":
+            assert notice.kind is NoticeKind.RECLAIM
+        else:
+            expected = "2030-01-01T00:00:00+00:00"
+            assert notice.deadline is not None and notice.deadline.isoformat() == expected
     finally:
         await seen.close()
         await server.stop()

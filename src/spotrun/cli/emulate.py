@@ -82,13 +82,16 @@ def _serve(make: Callable[[], Any], host: str, port: int, socket: Path | None, n
     import logging
     import sys
 
-    from spotrun.emulators.base import ControlError
+    from spotrun.emulators.base import ControlError, NotSpotError
 
     if socket is not None:
         _claim_socket(socket)
     trigger_args = {"kind": kind, "action": action, "lead_s": lead_s}
     try:  # check the trigger now, on a scratch emulator, rather than fail later in a timer
         make().trigger(**trigger_args)
+    except NotSpotError as exc:  # an on-demand profile is fine unless a notice is asked for
+        if notice_in is not None:
+            fail(f"{exc}")
     except ControlError as exc:
         fail(f"{exc}")
     emulator = make()

@@ -41,6 +41,10 @@ class ControlError(ValueError):
     """A control request (trigger, fail, ...) that cannot be honoured; answered with HTTP 400."""
 
 
+class NotSpotError(ControlError):
+    """A reclaim or rebalance asked of an instance whose profile is not spot capacity."""
+
+
 class TokenBook:
     """Session tokens with a TTL, as the AWS and Alibaba metadata services hand them out."""
 
@@ -149,7 +153,7 @@ class Emulator(abc.ABC):
         if kind not in supported:
             raise ControlError(f"{self.title} has no {kind} notice; it supports {', '.join(supported)}")
         if kind != "maintenance" and not self.profile.spot:
-            raise ControlError(
+            raise NotSpotError(
                 f"this instance's profile says lifecycle {self.profile.lifecycle}: only spot capacity "
                 f"gets a {kind} notice; use --profile lifecycle=spot"
             )

@@ -27,7 +27,7 @@ DEFAULT_POLL_INTERVAL = 1.0  # notice -> yield p99 about 1 s (target 1.2 s) at a
 REQUEST_TIMEOUT = httpx.Timeout(1.0, connect=0.5)
 MAX_BACKOFF_S = 2.0  # bounded so a recovered endpoint is heard again within seconds
 POLL_DEADLINE_S = 3.0  # a whole poll (token, every GET, every body byte); normally milliseconds
-MAX_SKEW = timedelta(days=400)  # a notice time further than this from now is garbage, not a notice
+MAX_SKEW = timedelta(days=3650)  # a notice time further than this from now is garbage, not a notice
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 T = TypeVar("T")
 
@@ -81,8 +81,9 @@ def identifier(value: object, what: str) -> str:
 
 async def within(seconds: float, work: Awaitable[T], what: str) -> T:
     """`work`, or BadResponse when it has not finished after `seconds` in all."""
-    try:
-        return await asyncio.wait_for(work, seconds)
+    try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the caller's cancellation
+        async with asyncio.timeout(seconds):
+            return await work
     except TimeoutError:
         raise BadResponse(f"{what}: no complete answer within {seconds:g}s") from None
 
