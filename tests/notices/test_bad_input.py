@@ -148,7 +148,8 @@ async def test_a_trickling_endpoint_does_not_silence_notices(cloud, tmp_path, ca
         ("aws", http(200, json.dumps({"action": "terminate", "time": "9999-01-01T00:00:00Z"}))),
         ("alibaba", http(200, "1970-01-01T00:00:00Z")),
         ("eci", http(200, "2999-12-31T23:59:59+00:00")),
-        ("azure", http(200, json.dumps({**AZURE_EVENT, "DocumentIncarnation": "2"}))),
+        # adopted, 2.0 would equal the real document's 2 and hide its Preempt for good
+        ("azure", http(200, json.dumps({"DocumentIncarnation": 2.0, "Events": []}))),
         ("azure", http(200, json.dumps({**AZURE_EVENT, "Events": [{**AZURE_EVENT["Events"][0], "NotBefore": "soon"}]}))),
         ("gcp", http(200, "TRUE", {"ETag": "<script>", "Metadata-Flavor": "Google"})),
     ],
