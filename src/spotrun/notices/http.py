@@ -198,10 +198,11 @@ class SessionToken:
         self.observe(response)
 
     def observe(self, response: httpx.Response) -> None:
-        """Servers report the token's remaining seconds on every answer: trust that clock."""
-        remaining = response.headers.get(self.ttl_header)
-        if remaining and remaining.isdigit() and self._token:
-            self._expires = time.monotonic() + int(remaining)
+        """Servers report the token's remaining seconds on every answer: trust that clock, but
+        never beyond the TTL asked for (a garbage header must not keep a dead token alive)."""
+        remaining = response.headers.get(self.ttl_header, "")
+        if remaining.isascii() and remaining.isdigit() and len(remaining) < 7 and self._token:
+            self._expires = time.monotonic() + min(int(remaining), self.ttl_s)
 
     def invalidate(self) -> None:
         self._token = None
