@@ -31,7 +31,10 @@ emulate = typer.Typer(
         "(paths, headers, tokens, long polls, dates), to test a job's reclaim handling "
         "without a cloud.\n\n"
         "Example: `spotrun emulate aws --notice-in 30s` then point your code (or "
-        "`spotrun exec --metadata-url URL`) at the URL printed on the first line.\n" + CONTROL_HELP
+        "`spotrun exec --metadata-url URL`) at the URL printed on the first line. AWS requires "
+        "IMDSv2 tokens, as new instances do (`--allow-imdsv1` to serve tokenless requests too); "
+        "`--profile` sets the instance's id, type, zone and lifecycle for every path. "
+        "Details: docs/emulators.md.\n" + CONTROL_HELP
     ),
     no_args_is_help=True,
 )
