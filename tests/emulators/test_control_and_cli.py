@@ -22,7 +22,9 @@ async def test_control_api_answers_clear_errors():
     async with AwsEmulator(imdsv2_required=False) as emu, httpx.AsyncClient(base_url=emu.url) as c:
         ok = await c.post("/_spotrun/trigger", json={"kind": "reclaim", "action": "stop", "lead_s": 60})
         assert ok.status_code == 200 and ok.json()["event"]["action"] == "stop"
-        assert (await c.get("/_spotrun/state")).json()["spot/instance-action"]["action"] == "stop"
+        state = (await c.get("/_spotrun/state")).json()
+        assert state["spot/instance-action"]["action"] == "stop"
+        assert state["profile"]["lifecycle"] == "spot" and state["profile"]["id"] == emu.profile.id
         for body, needle in [
             ({"kind": "oops"}, "reclaim, rebalance, maintenance"),
             ({"action": "explode"}, "terminate"),

@@ -8,7 +8,8 @@ cloud's header or token rules, so a test or `spotrun emulate trigger` can always
     POST /_spotrun/clear                                             -> 200 (back to no notice)
     POST /_spotrun/fail     {"status": 503, "count": 3}              -> the next 3 cloud
                                                                         requests get HTTP 503
-    GET  /_spotrun/state                                             -> 200 current state (JSON)
+    GET  /_spotrun/state                                             -> 200 current state and
+                                                                        instance profile (JSON)
 
 Emulators add cloud-specific operations under the same prefix (see each module). A bad
 control request is answered 400 with {"error": "..."} saying what to send instead.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import json
 import logging
 import secrets
@@ -248,15 +250,19 @@ class Emulator(abc.ABC):
                 return _error(400, f"bad fields for {name}: {exc}")
             except ControlError as exc:
                 return _error(400, str(exc))
-            return web.json_response({"ok": True, "event": result, "state": self.state()})
+            return web.json_response({"ok": True, "event": result, "state": self._shown_state()})
 
         async def state(_: web.Request) -> web.Response:
-            return web.json_response(self.state())
+            return web.json_response(self._shown_state())
 
         return [
             web.get(f"{CONTROL_PREFIX}/state", state),
             web.post(CONTROL_PREFIX + "/{op}", control),
         ]
+
+    def _shown_state(self) -> dict[str, Any]:
+        """`state()` with the instance profile, so a client can see which machine it is on."""
+        return {**self.state(), "profile": dataclasses.asdict(self.profile)}
 
     async def wait_stopping(self, timeout: float | None) -> bool:
         """Sleep up to `timeout` seconds (None: forever), returning early when the server stops."""
