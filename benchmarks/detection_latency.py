@@ -110,7 +110,8 @@ class Lane:
     async def open(self) -> None:
         cloud = "aws" if self.source == BASELINE else self.source
         if cloud in EMULATORS:
-            self.emulator = EMULATORS[cloud]()
+            # the hand-written baseline handler takes no IMDSv2 token
+            self.emulator = AwsEmulator(imdsv2_required=False) if self.source == BASELINE else EMULATORS[cloud]()
             if cloud == "eci":
                 self.url = await self.emulator.start(socket_path=str(self.tmp / f"eci-{self.index}.sock"))
             else:

@@ -50,8 +50,8 @@ def percentile(values: list[float], q: float) -> float:
 class Endpoint:
     """An emulator in a child process, and a control client for it."""
 
-    def __init__(self, cloud: str, workdir: Path) -> None:
-        args = [sys.executable, "-m", "spotrun", "emulate", cloud]
+    def __init__(self, cloud: str, workdir: Path, *extra: str) -> None:
+        args = [sys.executable, "-m", "spotrun", "emulate", cloud, *extra]
         if cloud == "eci":
             args += ["--socket", str(workdir / "eci.sock")]
         self.child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -149,7 +149,7 @@ async def bench_cloud(cloud: str, trials: int, cpu_seconds: float, workdir: Path
 
 async def bench_baseline(trials: int, workdir: Path) -> dict[str, Any]:
     """The documented hand-written handler: GET instance-action every 5 s, new connection each."""
-    endpoint = Endpoint("aws", workdir)
+    endpoint = Endpoint("aws", workdir, "--allow-imdsv1")  # the hand-written handler takes no token
     path = f"{endpoint.url}/latest/meta-data/spot/instance-action"
 
     async def naive():  # type: ignore[no-untyped-def]

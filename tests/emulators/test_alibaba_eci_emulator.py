@@ -1,17 +1,23 @@
-"""The Alibaba ECS metadata and ECI guest-agent emulators on the wire."""
+"""The Alibaba ECS metadata and Elice Cloud (ECI) guest-agent emulators on the wire."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+from datetime import datetime
 
 import httpx
 
 from spotrun.emulators.alibaba import AlibabaEmulator
+from spotrun.emulators.base import EmulatorThread
 from spotrun.emulators.eci import EciEmulator
+from spotrun.emulators.profile import InstanceProfile
+from spotrun.notices.base import utcnow
 
 TERMINATION = "/latest/meta-data/instance/spot/termination-time"
 TTL = "X-aliyun-ecs-metadata-token-ttl-seconds"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+DOCUMENTED_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$")  # "2026-04-08T05:00:00+00:00"
 
 
 async def test_alibaba_termination_time_and_hardened_mode():
@@ -29,18 +35,28 @@ async def test_alibaba_termination_time_and_hardened_mode():
         assert (await c.get(TERMINATION, headers=forged)).status_code == 401
 
 
-async def test_eci_guest_agent_on_a_socket(tmp_path):
+def curl_eci(socket: str) -> tuple[str, str]:
+    """The vendor's own watcher command (ECI "Operating spot VMs" guide): status and body."""
+    done = subprocess.run(
+        ["curl", "-s", "-w", "\n%{http_code}", "--unix-socket", socket,
+         "http://localhost/vm/metadata?key=spot_termination_time"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    body, _, status = done.stdout.rpartition("\n")
+    return status, body
+
+
+async def test_eci_answers_curl_over_the_socket_as_documented(tmp_path):
     socket = str(tmp_path / "agent.sock")
-    emu = EciEmulator()
-    url = await emu.start(socket_path=socket)
-    try:
-        transport = httpx.AsyncHTTPTransport(uds=socket)
-        async with httpx.AsyncClient(base_url="http://eci", transport=transport) as c:
-            key = {"key": "spot_termination_time"}
-            assert (await c.get("/vm/metadata", params=key)).status_code == 404
-            emu.trigger(lead_s=60)
-            assert ISO.match((await c.get("/vm/metadata", params=key)).text)
-            assert (await c.get("/vm/metadata", params={"key": "instance_id"})).text == "eci-spotrunemulator"
-    finally:
-        await emu.stop()
-    assert url == f"unix://{socket}"
+    with EmulatorThread(EciEmulator(profile=InstanceProfile(id="eci-7")), socket_path=socket) as emu:
+        assert emu.url == f"unix://{socket}"
+        assert curl_eci(socket) == ("404", "404 page not found\n")
+        emu.call(emu.emulator.trigger, lead_s=90)
+        status, body = curl_eci(socket)
+        assert status == "200" and DOCUMENTED_TIME.match(body), body  # `+00:00`, not `Z`
+        when = datetime.fromisoformat(body)
+        assert 80 < (when - utcnow()).total_seconds() <= 90
+        transport = httpx.HTTPTransport(uds=socket)
+        with httpx.Client(base_url="http://eci", transport=transport) as c:
+            assert c.get("/vm/metadata", params={"key": "instance_id"}).text == "eci-7"
+            assert c.get("/anything/else").text == "404 page not found\n"

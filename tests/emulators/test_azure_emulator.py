@@ -6,8 +6,11 @@ import asyncio
 from email.utils import parsedate_to_datetime
 
 import httpx
+import pytest
 
 from spotrun.emulators.azure import AzureEmulator
+from spotrun.emulators.base import ControlError
+from spotrun.emulators.profile import InstanceProfile
 from spotrun.notices.base import utcnow
 
 URL = "/metadata/scheduledevents"
@@ -64,12 +67,45 @@ async def test_event_lifecycle_incarnation_and_approval():
         assert after["DocumentIncarnation"] == 5 and [e["EventId"] for e in after["Events"]] == [mine["EventId"]]
 
 
-async def test_first_call_may_be_slow():
-    emu = AzureEmulator(first_call_delay_s=0.5)
-    async with emu, httpx.AsyncClient(base_url=emu.url, timeout=0.2) as c:
-        try:
-            await c.get(URL, params=OK, headers=META)
-            raise AssertionError("the first call should not have been answered yet")
-        except httpx.ReadTimeout:
-            pass
-        assert (await c.get(URL, params=OK, headers=META)).status_code == 200
+async def test_each_api_version_gets_the_document_of_its_time():
+    """A client written from Microsoft's docs, asking with each api-version it may pin."""
+    emu = AzureEmulator(rate_limit=False)
+    async with emu, httpx.AsyncClient(base_url=emu.url, headers=META) as c:
+        emu.trigger(action="Preempt")
+        emu.trigger(kind="maintenance", action="Reboot")
+
+        async def events(version: str) -> list[dict]:
+            answer = await c.get(URL, params={"api-version": version})
+            assert answer.status_code == 200
+            return answer.json()["Events"]
+
+        old = await events("2017-08-01")  # before Preempt existed (added in 2017-11-01)
+        assert [e["EventType"] for e in old] == ["Reboot"]
+        assert "Description" not in old[0] and "EventSource" not in old[0]
+        preempt, _ = await events("2017-11-01")
+        assert preempt["EventType"] == "Preempt" and "DurationInSeconds" not in preempt
+        assert "EventSource" in (await events("2019-08-01"))[0]
+        assert "DurationInSeconds" not in (await events("2019-08-01"))[0]
+        newest = (await events("2020-07-01"))[0]
+        assert {"Description", "EventSource", "DurationInSeconds"} <= set(newest)
+
+
+async def test_every_call_waits_while_the_service_enables_itself():
+    emu = AzureEmulator(first_call_delay_s=3.0)
+    async with emu, httpx.AsyncClient(base_url=emu.url, params=OK, headers=META, timeout=0.5) as c:
+        for _ in range(2):  # the first call, and one made while the service is still enabling
+            with pytest.raises(httpx.ReadTimeout):
+                await c.get(URL)
+        assert (await c.get(URL, timeout=30)).status_code == 200
+        assert (await c.get(URL)).status_code == 200  # enabled: answered at once from now on
+
+
+async def test_compute_facts_come_from_the_profile():
+    profile = InstanceProfile(name="trainer-3", type="Standard_ND96asr_v4", zone="eastus-2", lifecycle="on-demand")
+    emu = AzureEmulator(profile=profile, rate_limit=False)
+    async with emu, httpx.AsyncClient(base_url=emu.url, headers=META) as c:
+        compute = (await c.get("/metadata/instance", params={"api-version": "2021-02-01"})).json()["compute"]
+        assert (compute["name"], compute["vmSize"], compute["location"], compute["zone"], compute["priority"]) == (
+            "trainer-3", "Standard_ND96asr_v4", "eastus", "2", "Regular")
+        with pytest.raises(ControlError, match="on-demand"):
+            emu.trigger(action="Preempt")

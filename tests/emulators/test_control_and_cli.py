@@ -19,10 +19,12 @@ TIMEOUT_S = 30.0
 
 
 async def test_control_api_answers_clear_errors():
-    async with AwsEmulator() as emu, httpx.AsyncClient(base_url=emu.url) as c:
+    async with AwsEmulator(imdsv2_required=False) as emu, httpx.AsyncClient(base_url=emu.url) as c:
         ok = await c.post("/_spotrun/trigger", json={"kind": "reclaim", "action": "stop", "lead_s": 60})
         assert ok.status_code == 200 and ok.json()["event"]["action"] == "stop"
-        assert (await c.get("/_spotrun/state")).json()["spot/instance-action"]["action"] == "stop"
+        state = (await c.get("/_spotrun/state")).json()
+        assert state["spot/instance-action"]["action"] == "stop"
+        assert state["profile"]["lifecycle"] == "spot" and state["profile"]["id"] == emu.profile.id
         for body, needle in [
             ({"kind": "oops"}, "reclaim, rebalance, maintenance"),
             ({"action": "explode"}, "terminate"),
@@ -113,9 +115,51 @@ def test_eci_on_a_socket_with_trigger_over_the_socket(emulate, spotrun_cmd, tmp_
     assert second.returncode == 2 and "already serving" in " ".join(second.stderr.split())
 
 
+def test_emulate_aws_refuses_tokenless_requests_and_says_so(emulate):
+    child, url = emulate("aws")  # IMDSv2 required unless told otherwise
+    action = f"{url}/latest/meta-data/spot/instance-action"
+    assert httpx.get(action).status_code == 401
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=TIMEOUT_S) == 0
+    [line] = [l for l in child.stderr.read().splitlines() if "without an IMDSv2 token" in l]  # type: ignore[union-attr]
+    assert "/latest/meta-data/spot/instance-action" in line and "--allow-imdsv1" in line
+    _, lenient = emulate("aws", "--allow-imdsv1")
+    assert httpx.get(action.replace(url, lenient)).status_code == 404  # answered: nothing scheduled
+
+
+def test_emulate_profile_is_served_by_every_path(emulate, spotrun_cmd, tmp_path):
+    profile = tmp_path / "instance.yaml"
+    profile.write_text("id: i-0aaaabbbbccccdddd\ntype: c7i.large\nzone: ap-south-1b\nlifecycle: on-demand\n")
+    _, url = emulate("aws", "--allow-imdsv1", "--profile", str(profile))
+    md = f"{url}/latest/meta-data"
+    assert [httpx.get(f"{md}/{item}").text for item in ("instance-id", "instance-type", "instance-life-cycle")] == [
+        "i-0aaaabbbbccccdddd", "c7i.large", "on-demand"]
+    document = httpx.get(f"{url}/latest/dynamic/instance-identity/document").json()
+    assert (document["instanceId"], document["region"]) == ("i-0aaaabbbbccccdddd", "ap-south-1")
+    refused = cli(spotrun_cmd, "trigger", url)
+    assert refused.returncode == 2 and "lifecycle=spot" in " ".join(refused.stderr.split())
+    _, gcp = emulate("gcp", "--profile", "id=42,type=n2-standard-4,zone=asia-east1-b,lifecycle=spot")
+    flavor = {"Metadata-Flavor": "Google"}
+    assert httpx.get(f"{gcp}/computeMetadata/v1/instance/id", headers=flavor).text == "42"
+    assert httpx.get(f"{gcp}/computeMetadata/v1/instance/zone", headers=flavor).text.endswith("asia-east1-b")
+
+
+def test_emulate_azure_first_call_delay(emulate):
+    _, url = emulate("azure", "--first-call-delay", "3s")
+    events = f"{url}/metadata/scheduledevents"
+    ask = {"params": {"api-version": "2020-07-01"}, "headers": {"Metadata": "true"}}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(events, timeout=0.5, **ask)  # type: ignore[arg-type]
+    assert httpx.get(events, timeout=30, **ask).status_code == 200  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
+        (["aws", "--profile", "colour=red"], "unknown profile key 'colour'"),
+        (["aws", "--profile", "lifecycle=reserved"], "spot, on-demand"),
+        (["gcp", "--profile", "missing.yaml"], "no profile file missing.yaml"),
+        (["azure", "--first-call-delay", "soon"], "not a duration"),
         (["aws", "--action", "explode"], "terminate"),
         (["gcp", "--kind", "rebalance"], "GCP has no rebalance"),
         (["azure", "--notice-in", "soon"], "not a duration"),

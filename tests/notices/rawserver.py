@@ -1,7 +1,7 @@
 """A tiny HTTP/1.1 server that answers whatever a test tells it to, including nonsense.
 
 The emulators are well-behaved; this one is not: garbage bodies, truncated answers, 5xx,
-or never answering at all, to prove a watcher survives them.
+never answering at all, or answering a byte at a time forever, to prove a watcher survives them.
 """
 
 from __future__ import annotations
@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-# (method, path with query) -> raw bytes to send, or None to hang without answering
+TRICKLE = b"TRICKLE"  # answer: a 200 that promises a large body and sends one byte every 0.2 s
+TRICKLE_GAP_S = 0.2  # well inside any per-read timeout, so only an overall deadline ends it
+
+# (method, path with query) -> raw bytes to send, TRICKLE, or None to hang without answering
 Responder = Callable[[str, str], bytes | None]
 
 
@@ -50,6 +53,12 @@ class RawServer:
                 answer = self.responder(method, target)
                 if answer is None:
                     await asyncio.Event().wait()  # hang until the server is closed
+                if answer == TRICKLE:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+                    while True:
+                        writer.write(b" ")
+                        await writer.drain()
+                        await asyncio.sleep(TRICKLE_GAP_S)
                 writer.write(answer)
                 await writer.drain()
                 if b"Connection: close" in answer:

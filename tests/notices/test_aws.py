@@ -21,7 +21,7 @@ TOKEN = "/latest/api/token"
 
 @pytest.mark.parametrize("action", ["terminate", "stop", "hibernate"])
 async def test_spot_action_is_yielded_once_with_its_deadline(serve, collect, action):
-    emu = AwsEmulator(imdsv2_required=True)
+    emu = AwsEmulator()
     watcher = AwsWatcher(await serve(emu), poll_interval=FAST)
     seen = collect(watcher)
     await polls(emu, ACTION, 2)
@@ -66,7 +66,7 @@ def test_only_active_maintenance_events_are_notices():
 
 
 async def test_expired_token_is_refreshed_after_a_401(serve, collect):
-    emu = AwsEmulator(imdsv2_required=True)
+    emu = AwsEmulator()
     seen = collect(AwsWatcher(await serve(emu), poll_interval=FAST))
     await polls(emu, ACTION, 2)
     assert emu.requests[TOKEN] == 1  # one token serves many polls
@@ -78,7 +78,7 @@ async def test_expired_token_is_refreshed_after_a_401(serve, collect):
 
 
 async def test_token_is_renewed_before_it_expires(serve, collect):
-    emu = AwsEmulator(imdsv2_required=True)
+    emu = AwsEmulator()
     seen = collect(AwsWatcher(await serve(emu), poll_interval=FAST, token_ttl_s=2))
     await wait_until(lambda: emu.requests[TOKEN] >= 3, "two token renewals")
     assert emu.responses[401] == 0  # renewed ahead of expiry, never rejected
@@ -86,7 +86,7 @@ async def test_token_is_renewed_before_it_expires(serve, collect):
 
 
 async def test_imdsv1_is_refused_unless_allowed(serve, collect, caplog):
-    emu = AwsEmulator()
+    emu = AwsEmulator(imdsv2_required=False)
     url = await serve(emu)
     emu.set_token_mode("gone")  # no IMDSv2 here: only IMDSv1 would work
     emu.trigger()
@@ -102,7 +102,7 @@ async def test_imdsv1_is_refused_unless_allowed(serve, collect, caplog):
 
 
 async def test_token_endpoint_that_hangs_then_returns(serve, collect, caplog):
-    emu = AwsEmulator(imdsv2_required=True)
+    emu = AwsEmulator()
     seen = collect(AwsWatcher(await serve(emu), poll_interval=FAST))
     await polls(emu, ACTION, 1)
     caplog.set_level(logging.WARNING, "spotrun.notices.aws")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from email.utils import parsedate_to_datetime
 
 import pytest
 
 from spotrun.emulators.azure import AzureEmulator
+from spotrun.emulators.profile import InstanceProfile
 from spotrun.notices.azure import AzureWatcher
 from spotrun.notices.base import NoticeKind
 
@@ -17,7 +19,7 @@ EVENTS = "/metadata/scheduledevents"
 
 
 async def test_preempt_for_this_vm_is_yielded_once(serve, collect):
-    emu = AzureEmulator(vm_name="worker-7")
+    emu = AzureEmulator(profile=InstanceProfile(name="worker-7"))
     watcher = AzureWatcher(await serve(emu), poll_interval=FAST)  # name read from IMDS
     seen = collect(watcher)
     event = emu.trigger(action="Preempt")
@@ -31,7 +33,7 @@ async def test_preempt_for_this_vm_is_yielded_once(serve, collect):
 
 
 async def test_events_for_other_vms_are_ignored(serve, collect):
-    emu = AzureEmulator(vm_name="worker-7")
+    emu = AzureEmulator(profile=InstanceProfile(name="worker-7"))
     seen = collect(AzureWatcher(await serve(emu), vm_name="worker-7", poll_interval=FAST))
     emu.trigger(action="Preempt", resources=["worker-8", "worker-9"])
     await polls(emu, EVENTS, 3)
@@ -74,3 +76,23 @@ async def test_410_429_and_500_are_retried(serve, collect):
     seen = collect(AzureWatcher(await serve(emu), vm_name=emu.vm_name, poll_interval=FAST))
     await seen.wait_count(1)
     assert [emu.responses[s] for s in (410, 429, 500)] == [1, 1, 1]
+
+
+async def test_a_garbage_name_is_never_adopted(serve, collect, caplog):
+    """One garbage 200 to compute/name, then the real name: a Preempt for this VM is heard."""
+    emu = AzureEmulator(profile=InstanceProfile(name="worker-7"))
+    emu.fail_next(1, status=200)  # the name request gets "200 (injected by spotrun emulator)"
+    caplog.set_level(logging.WARNING, "spotrun.notices.azure")
+    watcher = AzureWatcher(await serve(emu), poll_interval=FAST)
+    seen = collect(watcher)
+    await polls(emu, EVENTS, 2)
+    assert watcher.vm_name == "worker-7"
+    assert any("is not an Azure VM name" in r.getMessage() for r in caplog.records)
+    emu.trigger(action="Preempt")
+    [notice] = await seen.wait_count(1)
+    assert (notice.kind, notice.action) == (NoticeKind.RECLAIM, "preempt")
+
+
+def test_a_bad_vm_name_option_is_one_clear_error():
+    with pytest.raises(ValueError, match="not an Azure VM name"):
+        AzureWatcher("http://127.0.0.1:9", vm_name="200 (injected)")

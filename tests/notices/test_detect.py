@@ -24,8 +24,8 @@ from tests.conftest import free_port
 from .rawserver import RawServer
 
 CASES = [
-    (AwsEmulator(imdsv2_required=True), AwsWatcher),
     (AwsEmulator(), AwsWatcher),
+    (AwsEmulator(imdsv2_required=False), AwsWatcher),
     (GcpEmulator(), GcpWatcher),
     (AzureEmulator(), AzureWatcher),
     (AlibabaEmulator(), AlibabaWatcher),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,10 @@ emulate = typer.Typer(
         "(paths, headers, tokens, long polls, dates), to test a job's reclaim handling "
         "without a cloud.\n\n"
         "Example: `spotrun emulate aws --notice-in 30s` then point your code (or "
-        "`spotrun exec --metadata-url URL`) at the URL printed on the first line.\n" + CONTROL_HELP
+        "`spotrun exec --metadata-url URL`) at the URL printed on the first line. AWS requires "
+        "IMDSv2 tokens, as new instances do (`--allow-imdsv1` to serve tokenless requests too); "
+        "`--profile` sets the instance's id, type, zone and lifecycle for every path. "
+        "Details: docs/emulators.md.\n" + CONTROL_HELP
     ),
     no_args_is_help=True,
 )
@@ -53,20 +57,51 @@ LEAD = typer.Option(
     None, "--lead-time", parser=duration_arg, metavar="DURATION",
     help="How long before the machine goes (default: the cloud's own, e.g. 2m on AWS).",
 )
+PROFILE = typer.Option(
+    None, "--profile", metavar="FILE|KEY=VALUE,...",
+    help="The instance's facts, served the same by every path: id, type, zone, lifecycle "
+    "(spot | on-demand), name, user-data; e.g. `--profile type=p4d.24xlarge,zone=us-west-2b` "
+    "or a YAML/JSON file with those keys. Left out: the cloud's defaults.",
+)
 
 
-def _serve(emulator: Any, host: str, port: int, socket: Path | None, notice_in: float | None,
+def _profile(text: str | None, **overrides: Any) -> Any:
+    """The `--profile` given, one clear line if it cannot describe an instance."""
+    import dataclasses
+
+    from spotrun.emulators.profile import InstanceProfile, ProfileError
+
+    try:
+        profile = InstanceProfile.parse(text) if text else InstanceProfile()
+        return dataclasses.replace(profile, **{k: v for k, v in overrides.items() if v is not None})
+    except ProfileError as exc:
+        fail(str(exc))
+
+
+def _serve(make: Callable[[], Any], host: str, port: int, socket: Path | None, notice_in: float | None,
            kind: str, action: str | None, lead_s: float | None) -> None:
-    """Run `emulator` until Ctrl-C / SIGTERM, printing its URL first for parent processes."""
-    from spotrun.emulators.base import ControlError
+    """Run the emulator `make` builds until Ctrl-C / SIGTERM, printing its URL first for parent
+    processes; its warnings (a refused tokenless request, ...) go to stderr, one line each."""
+    import logging
+    import sys
+
+    from spotrun.emulators.base import ControlError, NotSpotError
 
     if socket is not None:
         _claim_socket(socket)
     trigger_args = {"kind": kind, "action": action, "lead_s": lead_s}
     try:  # check the trigger now, on a scratch emulator, rather than fail later in a timer
-        type(emulator)().trigger(**trigger_args)
+        make().trigger(**trigger_args)
+    except NotSpotError as exc:  # an on-demand profile is fine unless a notice is asked for
+        if notice_in is not None:
+            fail(f"{exc}")
     except ControlError as exc:
         fail(f"{exc}")
+    emulator = make()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("spotrun emulate: %(levelname)s %(message)s"))
+    logging.getLogger("spotrun.emulators").addHandler(handler)
+    logging.getLogger("spotrun.emulators").setLevel(logging.INFO)
 
     async def run() -> None:
         try:
@@ -110,47 +145,63 @@ def _claim_socket(path: Path) -> None:
 def aws(
     host: str = HOST, port: int = PORT, socket: Path | None = SOCKET,
     notice_in: float | None = NOTICE_IN, kind: str = KIND, action: str | None = ACTION,
-    lead_time: float | None = LEAD,
+    lead_time: float | None = LEAD, profile: str | None = PROFILE,
     imdsv2_required: bool = typer.Option(
-        False, "--imdsv2-required", help="Refuse requests without a session token (HttpTokens=required)."
+        True, "--imdsv2-required/--allow-imdsv1",
+        help="IMDSv2 only (the default, as on new instance types and AMIs: HttpTokens=required): a "
+        "request without a token gets 401 and a warning here. --allow-imdsv1 also answers "
+        "tokenless requests, as HttpTokens=optional instances do; code that passes only with it "
+        "will hear no notice on an IMDSv2-only instance.",
     ),
 ) -> None:
-    """EC2 instance metadata (IMDSv1/v2): spot/instance-action, rebalance, maintenance."""
+    """EC2 instance metadata (IMDSv2): spot/instance-action, rebalance, maintenance, identity."""
     from spotrun.emulators.aws import AwsEmulator
 
-    _serve(AwsEmulator(imdsv2_required=imdsv2_required), host, port, socket, notice_in, kind, action, lead_time)
+    facts = _profile(profile)
+    _serve(lambda: AwsEmulator(imdsv2_required=imdsv2_required, profile=facts),
+           host, port, socket, notice_in, kind, action, lead_time)
 
 
 @emulate.command("gcp")
 def gcp(
     host: str = HOST, port: int = PORT, socket: Path | None = SOCKET,
     notice_in: float | None = NOTICE_IN, kind: str = KIND, action: str | None = ACTION,
-    lead_time: float | None = LEAD,
+    lead_time: float | None = LEAD, profile: str | None = PROFILE,
 ) -> None:
     """GCE metadata server: instance/preempted and maintenance-event, with hanging GETs."""
     from spotrun.emulators.gcp import GcpEmulator
 
-    _serve(GcpEmulator(), host, port, socket, notice_in, kind, action, lead_time)
+    facts = _profile(profile)
+    _serve(lambda: GcpEmulator(profile=facts), host, port, socket, notice_in, kind, action, lead_time)
 
 
 @emulate.command("azure")
 def azure(
     host: str = HOST, port: int = PORT, socket: Path | None = SOCKET,
     notice_in: float | None = NOTICE_IN, kind: str = KIND, action: str | None = ACTION,
-    lead_time: float | None = LEAD,
-    vm_name: str = typer.Option("spotrun-vm", "--vm-name", help="This VM's name, as events list it."),
+    lead_time: float | None = LEAD, profile: str | None = PROFILE,
+    vm_name: str | None = typer.Option(
+        None, "--vm-name", help="This VM's name, as events list it (the profile's name) [default: spotrun-vm]."
+    ),
+    first_call_delay: float = typer.Option(
+        0.0, "--first-call-delay", parser=duration_arg, metavar="DURATION",
+        help="The service enables itself on the first call, which may take up to 2 minutes: "
+        "every request in that window waits this long after the first one (e.g. 2m).",
+    ),
 ) -> None:
     """Azure IMDS Scheduled Events: Preempt (at least 30 s ahead), Terminate, maintenance."""
     from spotrun.emulators.azure import AzureEmulator
 
-    _serve(AzureEmulator(vm_name=vm_name), host, port, socket, notice_in, kind, action, lead_time)
+    facts = _profile(profile, name=vm_name)
+    _serve(lambda: AzureEmulator(profile=facts, first_call_delay_s=first_call_delay),
+           host, port, socket, notice_in, kind, action, lead_time)
 
 
 @emulate.command("alibaba")
 def alibaba(
     host: str = HOST, port: int = PORT, socket: Path | None = SOCKET,
     notice_in: float | None = NOTICE_IN, kind: str = KIND, action: str | None = ACTION,
-    lead_time: float | None = LEAD,
+    lead_time: float | None = LEAD, profile: str | None = PROFILE,
     token_required: bool = typer.Option(
         False, "--token-required", help="Hardened mode: refuse requests without a session token."
     ),
@@ -158,8 +209,9 @@ def alibaba(
     """Alibaba Cloud ECS metadata: instance/spot/termination-time."""
     from spotrun.emulators.alibaba import AlibabaEmulator
 
-    emulator = AlibabaEmulator(token_required=token_required)
-    _serve(emulator, host, port, socket, notice_in, kind, action, lead_time)
+    facts = _profile(profile)
+    _serve(lambda: AlibabaEmulator(token_required=token_required, profile=facts),
+           host, port, socket, notice_in, kind, action, lead_time)
 
 
 @emulate.command("eci")
@@ -169,14 +221,15 @@ def eci(
         None, "--socket", help="Unix socket to serve on [default: eci-guest-agent.sock in SPOTRUN_HOME]."
     ),
     notice_in: float | None = NOTICE_IN, kind: str = KIND, action: str | None = ACTION,
-    lead_time: float | None = LEAD,
+    lead_time: float | None = LEAD, profile: str | None = PROFILE,
 ) -> None:
-    """Alibaba ECI guest agent on a Unix socket: /vm/metadata?key=spot_termination_time."""
+    """Elice Cloud (ECI) guest agent on a Unix socket: /vm/metadata?key=spot_termination_time."""
     from spotrun.emulators.eci import EciEmulator
     from spotrun.paths import home
 
+    facts = _profile(profile)
     path = socket or home() / "eci-guest-agent.sock"
-    _serve(EciEmulator(), host, port, path, notice_in, kind, action, lead_time)
+    _serve(lambda: EciEmulator(profile=facts), host, port, path, notice_in, kind, action, lead_time)
 
 
 def _control(url: str, op: str, body: dict[str, Any] | None) -> dict[str, Any]:

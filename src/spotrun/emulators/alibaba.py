@@ -19,7 +19,8 @@ from typing import Any
 from aiohttp import web
 
 from spotrun.emulators.aws import iso_z
-from spotrun.emulators.base import ControlError, Emulator, TokenBook, check_kind, tree_lookup
+from spotrun.emulators.base import ControlError, Emulator, TokenBook, tree_lookup
+from spotrun.emulators.profile import InstanceProfile
 from spotrun.notices.base import utcnow
 
 TTL_HEADER = "X-aliyun-ecs-metadata-token-ttl-seconds"
@@ -27,41 +28,32 @@ TOKEN_HEADER = "X-aliyun-ecs-metadata-token"
 DEFAULT_LEAD_S = 300.0
 
 
-def release_time(action: str | None, lead_s: float | None) -> str:
-    """The termination time Alibaba and ECI serve: the instance is released (deleted)."""
-    if action not in (None, "delete"):
-        raise ControlError(f"spot instances here are only released; drop --action, not {action!r}")
-    return iso_z(utcnow() + timedelta(seconds=DEFAULT_LEAD_S if lead_s is None else lead_s))
-
-
 class AlibabaEmulator(Emulator):
     cloud = "alibaba"
+    title = "Alibaba"
+    DEFAULTS = {"id": "i-bp1a2b3c4d5e6f7g8h9i", "type": "ecs.gn7i-c8g1.2xlarge", "zone": "cn-hangzhou-i"}
 
-    def __init__(
-        self,
-        *,
-        token_required: bool = False,
-        instance_id: str = "i-bp1spotrunemulator",
-        region: str = "cn-hangzhou",
-        zone: str = "cn-hangzhou-i",
-    ) -> None:
-        super().__init__()
+    def __init__(self, *, token_required: bool = False, profile: InstanceProfile | None = None) -> None:
+        super().__init__(profile)
         self.token_required = token_required
         self.tokens = TokenBook()
         self.termination_time: str | None = None
+        zone = str(self.profile.zone)
         self._static = {
-            "instance-id": instance_id,
-            "region-id": region,
+            "instance-id": str(self.profile.id),
+            "region-id": zone.rsplit("-", 1)[0],  # cn-hangzhou-i is in cn-hangzhou
             "zone-id": zone,
-            "instance/instance-type": "ecs.gn7i-c8g1.2xlarge",
-            "instance/spot/strategy": "SpotAsPriceGo",
+            "instance/instance-type": str(self.profile.type),
+            "instance/spot/strategy": "SpotAsPriceGo" if self.profile.spot else "NoSpot",
         }
 
     def trigger(
         self, kind: str = "reclaim", action: str | None = None, lead_s: float | None = None
     ) -> dict[str, Any]:
-        check_kind(kind, ("reclaim",), "Alibaba")
-        self.termination_time = release_time(action, lead_s)
+        self.check_kind(kind, ("reclaim",))
+        if action not in (None, "delete"):
+            raise ControlError(f"Alibaba spot instances are only released; drop --action, not {action!r}")
+        self.termination_time = iso_z(utcnow() + timedelta(seconds=DEFAULT_LEAD_S if lead_s is None else lead_s))
         return {"termination-time": self.termination_time}
 
     def clear(self) -> None:

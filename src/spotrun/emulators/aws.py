@@ -1,12 +1,19 @@
 """EC2 instance metadata service (IMDS) as a spot instance sees it.
 
 Faithful where watchers and SDKs look: IMDSv2 tokens (`PUT /latest/api/token`, 400 on a bad
-TTL, 403 on a versioned token path or `X-Forwarded-For`, 401 for a missing/expired token when
-IMDSv2 is required, the remaining TTL counted down in a response header), `Server: EC2ws`,
-`Connection: close`, XHTML 404 pages, `spot/instance-action` with a FIXED `time`, the legacy
-`spot/termination-time` (left behind, stale, after a failed termination), rebalance
-recommendations, scheduled maintenance events with their `21 Jan 2019 09:00:43 GMT` dates,
-`instance-life-cycle: spot` (Metaflow checks it) and IAM role credentials (botocore reads them).
+TTL, 403 on a versioned token path or `X-Forwarded-For`, the remaining TTL counted down in a
+response header), `Server: EC2ws`, `Connection: close`, XHTML 404 pages on every unknown path,
+`spot/instance-action` with a FIXED `time`, the legacy `spot/termination-time` (left behind,
+stale, after a failed termination), rebalance recommendations, scheduled maintenance events with
+their `21 Jan 2019 09:00:43 GMT` dates, the instance identity document, `user-data`, and IAM
+role credentials (botocore reads them). Sources: reference/notices.md §1 (AWS user guide
+`instancedata-data-retrieval.md`, `configuring-instance-metadata-service.md`,
+`spot-instance-termination-notices.md`, `monitoring-instances-status-check_sched.md`).
+
+IMDSv2 is REQUIRED by default, as on new instance types and AMIs with `ImdsSupport=v2.0`
+(`HttpTokens=required`): a request without a token gets 401 and a warning in the emulator's log,
+so a handler that never fetches a token fails here, not in production. `imdsv2_required=False`
+(`spotrun emulate aws --allow-imdsv1`) also answers tokenless requests (`HttpTokens=optional`).
 
 Control operations beyond the shared ones (see `spotrun.emulators.base`):
     POST /_spotrun/fail-termination   the instance survived: instance-action goes away,
@@ -24,7 +31,8 @@ from typing import Any
 
 from aiohttp import web
 
-from spotrun.emulators.base import ControlError, Emulator, TokenBook, check_kind, tree_lookup
+from spotrun.emulators.base import ControlError, Emulator, TokenBook, tree_lookup
+from spotrun.emulators.profile import InstanceProfile
 from spotrun.notices.base import utcnow
 
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
@@ -64,17 +72,17 @@ def event_date(when: datetime) -> str:
 
 class AwsEmulator(Emulator):
     cloud = "aws"
+    title = "AWS"
+    DEFAULTS = {"id": "i-0123456789abcdef0", "type": "g5.xlarge", "zone": "us-east-1a"}
 
     def __init__(
         self,
         *,
-        imdsv2_required: bool = False,
-        instance_id: str = "i-0spotrun0emulator0",
-        instance_type: str = "g5.xlarge",
-        zone: str = "us-east-1a",
+        imdsv2_required: bool = True,
+        profile: InstanceProfile | None = None,
         role: str = "spotrun-emulator-role",
     ) -> None:
-        super().__init__()
+        super().__init__(profile)
         self.imdsv2_required = imdsv2_required
         self.token_mode = "ok"
         self.tokens = TokenBook()
@@ -82,17 +90,25 @@ class AwsEmulator(Emulator):
         self.termination_time: str | None = None
         self.rebalance: dict[str, str] | None = None
         self.scheduled: list[dict[str, str]] = []
-        self._static = {
-            "ami-id": "ami-0spotrun0emulator",
-            "hostname": "ip-10-0-0-1.ec2.internal",
-            "instance-action": "none",
-            "instance-id": instance_id,
-            "instance-life-cycle": "spot",
-            "instance-type": instance_type,
-            "local-ipv4": "10.0.0.1",
-            "placement/availability-zone": zone,
-            "placement/region": zone[:-1],
-            f"iam/security-credentials/{role}": json.dumps(
+        self._static = self._facts(role)
+
+    def _facts(self, role: str) -> dict[str, str]:
+        """Every path that reports an instance fact, all from the one profile."""
+        p = self.profile
+        zone = str(p.zone)
+        region = zone[:-1] if zone[-1:].isalpha() else zone
+        facts = {
+            "meta-data/ami-id": "ami-0123456789abcdef0",
+            "meta-data/hostname": "ip-10-0-0-1.ec2.internal",
+            "meta-data/local-hostname": "ip-10-0-0-1.ec2.internal",
+            "meta-data/instance-action": "none",
+            "meta-data/instance-id": str(p.id),
+            "meta-data/instance-life-cycle": p.lifecycle,
+            "meta-data/instance-type": str(p.type),
+            "meta-data/local-ipv4": "10.0.0.1",
+            "meta-data/placement/availability-zone": zone,
+            "meta-data/placement/region": region,
+            f"meta-data/iam/security-credentials/{role}": json.dumps(
                 {
                     "Code": "Success",
                     "LastUpdated": iso_z(utcnow()),
@@ -104,14 +120,40 @@ class AwsEmulator(Emulator):
                 },
                 indent=2,
             ),
+            # EC2's own layout, `"key" : value` with two-space indent (AWS user guide,
+            # instance-identity-documents.md); unsigned here: no signature/pkcs7 is served.
+            "dynamic/instance-identity/document": json.dumps(
+                {
+                    "accountId": "123456789012",
+                    "architecture": "x86_64",
+                    "availabilityZone": zone,
+                    "billingProducts": None,
+                    "devpayProductCodes": None,
+                    "marketplaceProductCodes": None,
+                    "imageId": "ami-0123456789abcdef0",
+                    "instanceId": p.id,
+                    "instanceType": p.type,
+                    "kernelId": None,
+                    "pendingTime": iso_z(utcnow()),
+                    "privateIp": "10.0.0.1",
+                    "ramdiskId": None,
+                    "region": region,
+                    "version": "2017-09-30",
+                },
+                indent=2,
+                separators=(",", " : "),
+            ),
         }
+        if p.user_data is not None:  # no user data: EC2 answers 404, and so do we
+            facts["user-data"] = p.user_data
+        return facts
 
     # --- notices ----------------------------------------------------------------------------
 
     def trigger(
         self, kind: str = "reclaim", action: str | None = None, lead_s: float | None = None
     ) -> dict[str, Any]:
-        check_kind(kind, ("reclaim", "rebalance", "maintenance"), "AWS")
+        self.check_kind(kind, ("reclaim", "rebalance", "maintenance"))
         now = utcnow()
         if kind == "rebalance":
             self.rebalance = {"noticeTime": iso_z(now)}
@@ -184,20 +226,21 @@ class AwsEmulator(Emulator):
     def routes(self) -> list[web.RouteDef]:
         return [
             web.put("/{version}/api/token", self._token),
-            web.route("*", "/latest/meta-data", self._metadata),
-            web.route("*", "/latest/meta-data/{path:.*}", self._metadata),
+            web.route("*", "/{path:.*}", self._metadata),  # unknown paths get EC2's 404, not aiohttp's
         ]
 
     def _values(self) -> dict[str, str]:
         values = dict(self._static)
         if self.instance_action:
-            values["spot/instance-action"] = json.dumps(self.instance_action, separators=(",", ":"))
+            values["meta-data/spot/instance-action"] = json.dumps(self.instance_action, separators=(",", ":"))
         if self.termination_time:
-            values["spot/termination-time"] = self.termination_time
+            values["meta-data/spot/termination-time"] = self.termination_time
         if self.rebalance:
-            values["events/recommendations/rebalance"] = json.dumps(self.rebalance)
-        if self.scheduled:
-            values["events/maintenance/scheduled"] = json.dumps(self.scheduled, indent=2)
+            values["meta-data/events/recommendations/rebalance"] = json.dumps(self.rebalance)
+        # Always present: with nothing scheduled EC2 answers 200 `[]`, and aws-node-termination-
+        # handler treats any non-2xx here as an error (NTH `scheduled-event-monitor.go`).
+        values["meta-data/events/maintenance/scheduled"] = json.dumps(self.scheduled, indent=2)
+        values["meta-data/events/maintenance/history"] = "[]"
         return values
 
     async def _token(self, request: web.Request) -> web.StreamResponse:
@@ -220,15 +263,33 @@ class AwsEmulator(Emulator):
             return _page(405, "Method Not Allowed")
         token = request.headers.get(TOKEN_HEADER)
         remaining = self.tokens.remaining(token) if token else None
-        if (token and remaining is None) or (not token and self.imdsv2_required):
+        if token and remaining is None:
             return _page(401, "Unauthorized")
-        body = tree_lookup(self._values(), request.match_info.get("path", ""))
+        if not token and self.imdsv2_required:
+            self.log.warning(
+                "refused %s %s without an IMDSv2 token (401, as EC2 with HttpTokens=required): "
+                "PUT /latest/api/token first, or start the emulator with --allow-imdsv1",
+                request.method, request.path,
+            )
+            return _page(401, "Unauthorized")
+        body = self._lookup(request.match_info["path"])
         if body is None:
             return _page(404, "Not Found")
         response = _plain(body)
         if remaining is not None:
             response.headers[TTL_HEADER] = str(remaining)
         return response
+
+    def _lookup(self, path: str) -> str | None:
+        """`/` lists the versions, `/latest/` the categories, anything below comes from the tree."""
+        path = path.strip("/")
+        if not path:
+            return "latest"
+        version, _, rest = path.partition("/")
+        if version != "latest":
+            return None
+        body = tree_lookup(self._values(), rest)
+        return body.replace("/", "") if body is not None and not rest else body
 
 
 def _headers(response: web.Response) -> web.Response:

@@ -6,8 +6,17 @@ versions); 429 above 5 requests a second; `DocumentIncarnation` bumped whenever 
 changes; RFC1123 `NotBefore` (at least 30 s ahead for `Preempt`) that becomes "" once the event
 is `Started` (its time has come, or it was approved); events for other VMs in the same
 placement group (`resources`); `POST` `{"StartRequests":[{"EventId": ...}]}` answered 200, or
-400 for a bad header, body or unknown EventId; an optional slow first call (the real service
-may take up to 2 minutes to enable itself). Also `/metadata/instance/compute/name`.
+400 for a bad header, body or unknown EventId. Also `/metadata/instance/compute/...` from the
+instance profile (name, vmSize, vmId, location/zone, priority Spot|Regular).
+
+Each `api-version` gets the document of its time (reference/notices.md §3.1, from Microsoft's
+scheduled-events.md version table): `Preempt` exists from 2017-11-01 and `Terminate` from
+2019-01-01, so older versions never show them; `Description` appears in 2019-04-01,
+`EventSource` in 2019-08-01, `DurationInSeconds` in 2020-07-01.
+
+The service enables itself on the first call, which "may take up to 2 minutes", and disables
+itself after 24 h without requests: with `first_call_delay_s` (`--first-call-delay`) every
+request in that window waits until the service is enabled, not only the first one.
 
 Control operations beyond the shared ones (see `spotrun.emulators.base`):
     POST /_spotrun/trigger {"kind": ..., "action": "Preempt", "lead_s": 30,
@@ -26,7 +35,8 @@ from typing import Any
 
 from aiohttp import web
 
-from spotrun.emulators.base import ControlError, Emulator, check_kind
+from spotrun.emulators.base import ControlError, Emulator
+from spotrun.emulators.profile import InstanceProfile
 from spotrun.notices.base import utcnow
 
 API_VERSIONS = (
@@ -44,31 +54,54 @@ MAINTENANCE_TYPES = ("Freeze", "Reboot", "Redeploy")
 # Minimum notice per event type, from Microsoft's documentation.
 MIN_LEAD_S = {"Preempt": 30, "Terminate": 300, "Freeze": 900, "Reboot": 900, "Redeploy": 600}
 RATE_LIMIT_PER_S = 5
+IDLE_DISABLE_S = 24 * 3600  # the service turns itself off after a day without requests
+# api-version from which each event type, and each optional event field, is served
+TYPE_SINCE = {"Preempt": "2017-11-01", "Terminate": "2019-01-01"}
+FIELD_SINCE = {"Description": "2019-04-01", "EventSource": "2019-08-01", "DurationInSeconds": "2020-07-01"}
 
 
 def rfc1123(when: datetime) -> str:
     return format_datetime(when, usegmt=True)
 
 
+def served(event: dict[str, Any], api_version: str) -> dict[str, Any] | None:
+    """The event as `api_version` shows it, or None when that version predates its type."""
+    if api_version < TYPE_SINCE.get(event["EventType"], API_VERSIONS[0]):
+        return None
+    return {k: v for k, v in event.items() if api_version >= FIELD_SINCE.get(k, API_VERSIONS[0])}
+
+
 class AzureEmulator(Emulator):
     cloud = "azure"
+    title = "Azure"
+    DEFAULTS = {
+        "id": "00000000-0000-4000-8000-5907e0000000",  # vmId
+        "type": "Standard_NC6s_v3",  # vmSize
+        "zone": "westeurope-1",  # location-zone; a bare location means no availability zone
+        "name": "spotrun-vm",
+    }
 
     def __init__(
         self,
         *,
-        vm_name: str = "spotrun-vm",
+        profile: InstanceProfile | None = None,
         first_call_delay_s: float = 0.0,
         rate_limit: bool = True,
     ) -> None:
-        super().__init__()
-        self.vm_name = vm_name
+        super().__init__(profile)
         self.incarnation = 1
         self.events: list[dict[str, Any]] = []
         self._not_before: dict[str, datetime] = {}
         self._approved: set[str] = set()
-        self._first_call_delay_s = first_call_delay_s
+        self._enable_s = first_call_delay_s
+        self._enabled_at: float | None = None
+        self._last_call = 0.0
         self._rate_limit = rate_limit
         self._recent: deque[float] = deque()
+
+    @property
+    def vm_name(self) -> str:
+        return str(self.profile.name)
 
     # --- notices ----------------------------------------------------------------------------
 
@@ -79,7 +112,7 @@ class AzureEmulator(Emulator):
         lead_s: float | None = None,
         resources: list[str] | None = None,
     ) -> dict[str, Any]:
-        check_kind(kind, ("reclaim", "maintenance"), "Azure")
+        self.check_kind(kind, ("reclaim", "maintenance"))
         allowed = RECLAIM_TYPES if kind == "reclaim" else MAINTENANCE_TYPES
         event_type = (action or allowed[0]).title()
         if event_type not in allowed:
@@ -178,17 +211,29 @@ class AzureEmulator(Emulator):
         self._recent.append(now)
         return len(self._recent) > RATE_LIMIT_PER_S
 
+    async def _enabled(self) -> None:
+        """Hold a request while the service is still enabling itself (since the first call)."""
+        now = time.monotonic()
+        if now - self._last_call > IDLE_DISABLE_S:
+            self._enabled_at = None
+        self._last_call = now
+        if self._enabled_at is None:
+            self._enabled_at = now + self._enable_s
+        if self._enabled_at > now:
+            await self.wait_stopping(self._enabled_at - now)
+
     async def _get_events(self, request: web.Request) -> web.Response:
-        if self._first_call_delay_s:  # the service enables itself on the first call
-            delay, self._first_call_delay_s = self._first_call_delay_s, 0.0
-            await self.wait_stopping(delay)
+        await self._enabled()
         rejected = self._reject(request, API_VERSIONS)
         if rejected:
             return rejected
         self._advance()
-        return web.json_response({"DocumentIncarnation": self.incarnation, "Events": self.events})
+        version = request.query["api-version"]
+        events = [e for e in (served(event, version) for event in self.events) if e is not None]
+        return web.json_response({"DocumentIncarnation": self.incarnation, "Events": events})
 
     async def _post_events(self, request: web.Request) -> web.Response:
+        await self._enabled()
         rejected = self._reject(request, API_VERSIONS)
         if rejected:
             return rejected
@@ -209,12 +254,15 @@ class AzureEmulator(Emulator):
         rejected = self._reject(request, INSTANCE_API_VERSIONS)
         if rejected:
             return rejected
+        location, _, zone = str(self.profile.zone).partition("-")
         compute = {
             "name": self.vm_name,
-            "location": "westeurope",
-            "priority": "Spot",
-            "vmId": "00000000-0000-4000-8000-5907e0000000",
-            "vmSize": "Standard_NC6s_v3",
+            "location": location,
+            "zone": zone,
+            "priority": "Spot" if self.profile.spot else "Regular",
+            "evictionPolicy": "Delete" if self.profile.spot else "",
+            "vmId": str(self.profile.id),
+            "vmSize": str(self.profile.type),
         }
         field = request.match_info.get("field")
         if field is None:

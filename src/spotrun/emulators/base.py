@@ -8,7 +8,8 @@ cloud's header or token rules, so a test or `spotrun emulate trigger` can always
     POST /_spotrun/clear                                             -> 200 (back to no notice)
     POST /_spotrun/fail     {"status": 503, "count": 3}              -> the next 3 cloud
                                                                         requests get HTTP 503
-    GET  /_spotrun/state                                             -> 200 current state (JSON)
+    GET  /_spotrun/state                                             -> 200 current state and
+                                                                        instance profile (JSON)
 
 Emulators add cloud-specific operations under the same prefix (see each module). A bad
 control request is answered 400 with {"error": "..."} saying what to send instead.
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import json
+import logging
 import secrets
 import threading
 import time
@@ -29,6 +32,7 @@ from typing import Any, ClassVar, Self
 
 from aiohttp import web
 
+from spotrun.emulators.profile import InstanceProfile
 from spotrun.notices.base import NoticeKind
 
 CONTROL_PREFIX = "/_spotrun"
@@ -37,6 +41,10 @@ KINDS = tuple(k.value for k in NoticeKind)
 
 class ControlError(ValueError):
     """A control request (trigger, fail, ...) that cannot be honoured; answered with HTTP 400."""
+
+
+class NotSpotError(ControlError):
+    """A reclaim or rebalance asked of an instance whose profile is not spot capacity."""
 
 
 class TokenBook:
@@ -90,19 +98,19 @@ def tree_lookup(values: dict[str, str], path: str) -> str | None:
     return "\n".join(children) if children else None
 
 
-def check_kind(kind: str, supported: tuple[str, ...], cloud: str) -> None:
-    if kind not in KINDS:
-        raise ControlError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
-    if kind not in supported:
-        raise ControlError(f"{cloud} has no {kind} notice; it supports {', '.join(supported)}")
-
-
 class Emulator(abc.ABC):
-    """One cloud's notice endpoint, served over HTTP (or a Unix socket) on this machine."""
+    """One cloud's notice endpoint, served over HTTP (or a Unix socket) on this machine.
+
+    `profile` holds the instance's facts; what it leaves out comes from the cloud's `DEFAULTS`.
+    """
 
     cloud: ClassVar[str]
+    title: ClassVar[str]  # the cloud's name in messages
+    DEFAULTS: ClassVar[dict[str, str]] = {}
 
-    def __init__(self) -> None:
+    def __init__(self, profile: InstanceProfile | None = None) -> None:
+        self.profile = (profile or InstanceProfile()).or_defaults(**self.DEFAULTS)
+        self.log = logging.getLogger(f"spotrun.emulators.{self.cloud}")
         self.url: str | None = None
         self.requests: Counter[str] = Counter()  # cloud requests by path: tests wait on polls
         self.responses: Counter[int] = Counter()  # cloud answers by status
@@ -139,6 +147,18 @@ class Emulator(abc.ABC):
         """Wake anything waiting (long polls) so the server can stop at once."""
 
     # --- shared behaviour -----------------------------------------------------------------
+
+    def check_kind(self, kind: str, supported: tuple[str, ...]) -> None:
+        """Refuse a notice this cloud never sends, or one an on-demand instance never gets."""
+        if kind not in KINDS:
+            raise ControlError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+        if kind not in supported:
+            raise ControlError(f"{self.title} has no {kind} notice; it supports {', '.join(supported)}")
+        if kind != "maintenance" and not self.profile.spot:
+            raise NotSpotError(
+                f"this instance's profile says lifecycle {self.profile.lifecycle}: only spot capacity "
+                f"gets a {kind} notice; use --profile lifecycle=spot"
+            )
 
     def fail_next(self, count: int = 1, status: int = 503) -> None:
         """Answer the next `count` cloud requests with `status` (a 5xx blip, a 429, a 410)."""
@@ -230,15 +250,19 @@ class Emulator(abc.ABC):
                 return _error(400, f"bad fields for {name}: {exc}")
             except ControlError as exc:
                 return _error(400, str(exc))
-            return web.json_response({"ok": True, "event": result, "state": self.state()})
+            return web.json_response({"ok": True, "event": result, "state": self._shown_state()})
 
         async def state(_: web.Request) -> web.Response:
-            return web.json_response(self.state())
+            return web.json_response(self._shown_state())
 
         return [
             web.get(f"{CONTROL_PREFIX}/state", state),
             web.post(CONTROL_PREFIX + "/{op}", control),
         ]
+
+    def _shown_state(self) -> dict[str, Any]:
+        """`state()` with the instance profile, so a client can see which machine it is on."""
+        return {**self.state(), "profile": dataclasses.asdict(self.profile)}
 
     async def wait_stopping(self, timeout: float | None) -> bool:
         """Sleep up to `timeout` seconds (None: forever), returning early when the server stops."""
@@ -259,7 +283,7 @@ class EmulatorThread:
     botocore and google-auth block; serving them from the test's own event loop would
     deadlock, so the emulator gets a loop of its own:
 
-        with EmulatorThread(AwsEmulator(imdsv2_required=True)) as emu:
+        with EmulatorThread(AwsEmulator()) as emu:
             emu.call(emu.emulator.trigger, action="terminate")
             fetch(emu.url)
     """

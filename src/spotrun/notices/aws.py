@@ -20,8 +20,10 @@ from spotrun.notices.http import (
     BadResponse,
     PollingWatcher,
     SessionToken,
+    identifier,
     metadata_client,
     parse_utc,
+    plausible,
 )
 
 DEFAULT_URL = "http://169.254.169.254"
@@ -124,9 +126,8 @@ def maintenance_notices(body: str) -> list[tuple[Hashable, Notice]]:
     for event in events:
         if not isinstance(event, dict) or event.get("State") != "active":
             continue  # canceled and completed events are history, not notices
-        event_id, code = event.get("EventId"), event.get("Code")
-        if not isinstance(event_id, str) or not isinstance(code, str):
-            raise BadResponse(f"maintenance event without EventId/Code: {event!r:.80}")
+        event_id = identifier(event.get("EventId"), "maintenance EventId")
+        code = identifier(event.get("Code"), "maintenance Code")
         deadline = event_time(event.get("NotBefore"))
         notice = Notice("aws", NoticeKind.MAINTENANCE, code, deadline, raw=event)
         found.append((("maintenance", event_id), notice))
@@ -136,6 +137,7 @@ def maintenance_notices(body: str) -> list[tuple[Hashable, Notice]]:
 def event_time(text: Any) -> datetime:
     """A maintenance date, `21 Jan 2019 09:00:43 GMT` (not RFC3339)."""
     try:
-        return datetime.strptime(str(text), "%d %b %Y %H:%M:%S GMT").replace(tzinfo=timezone.utc)
+        when = datetime.strptime(str(text), "%d %b %Y %H:%M:%S GMT").replace(tzinfo=timezone.utc)
     except ValueError:
         raise BadResponse(f"maintenance NotBefore is not a date: {text!r:.60}") from None
+    return plausible(when)

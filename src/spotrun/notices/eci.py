@@ -1,8 +1,9 @@
-"""Alibaba Elastic Container Instance (ECI): the guest agent's Unix socket.
+"""Elice Cloud Infrastructure (ECI): the guest agent's Unix socket.
 
-Inside an ECI pod there is no link-local metadata address to reach; the guest agent answers
-HTTP on `/run/eci-guest-agent.sock`, with the spot termination time under
-`/vm/metadata?key=spot_termination_time` (404 while the pod is safe).
+An ECI spot VM asks its guest agent over HTTP on `/run/eci-guest-agent.sock`:
+`/vm/metadata?key=spot_termination_time` is `404 page not found` while no reclaim is scheduled
+and the termination time (`2026-04-08T05:00:00+00:00`) once it is (the vendor's "Operating spot
+VMs" guide, elice.io/help/en/docs/eci/compute/spot-vm). Any RFC3339 offset is accepted.
 """
 
 from __future__ import annotations

@@ -4,19 +4,23 @@ One long poll per item (`?wait_for_change=true&last_etag=...`) returns the momen
 changes, so a notice arrives in milliseconds with no polling cost while nothing happens.
 `preempted` turning TRUE means the ACPI soft-off is being sent (or, with a notice duration,
 will be in that many seconds); the VM is hard-off about 30 s later, hence the default deadline.
+Each hanging GET has an overall deadline (`timeout_sec` plus slack): httpx's timeout is per
+read, and a server trickling bytes must not hold the watch forever. An ETag that is not a short
+token is refused rather than sent back as `last_etag`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
 
 from spotrun.notices.base import Notice, NoticeKind, Watcher, utcnow
-from spotrun.notices.http import Backoff, BadResponse, OnceLog, describe, metadata_client
+from spotrun.notices.http import Backoff, BadResponse, OnceLog, describe, metadata_client, within
 
 DEFAULT_URL = "http://169.254.169.254"  # metadata.google.internal, without a DNS lookup
 HEADERS = {"Metadata-Flavor": "Google"}
@@ -25,6 +29,8 @@ MAINTENANCE = "instance/maintenance-event"
 MAINTENANCE_VALUES = ("TERMINATE_ON_HOST_MAINTENANCE", "MIGRATE_ON_HOST_MAINTENANCE")
 HANG_S = 60  # timeout_sec of each hanging GET; the server answers unchanged after it
 SAME_ETAG_PAUSE_S = 0.1  # guards against a server that ignores wait_for_change
+HANG_SLACK_S = 5.0  # beyond timeout_sec, before a hanging GET counts as hung
+ETAG = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # GCE's are 16 hex digits
 
 
 class GcpWatcher(Watcher):
@@ -40,7 +46,7 @@ class GcpWatcher(Watcher):
         self.hang_s = hang_s
         # A server that keeps a hanging GET past timeout_sec (plus slack) is itself hung.
         self.client = metadata_client(
-            metadata_url or DEFAULT_URL, timeout=httpx.Timeout(hang_s * 1.5 + 1.0, connect=0.5)
+            metadata_url or DEFAULT_URL, timeout=httpx.Timeout(hang_s + HANG_SLACK_S, connect=0.5)
         )
         self.log = logging.getLogger("spotrun.notices.gcp")
 
@@ -61,7 +67,7 @@ class GcpWatcher(Watcher):
         backoff, errors = Backoff(0.1), OnceLog(self.log)
         while True:
             try:
-                value, new_tag = await self._hanging_get(path, tag)
+                value, new_tag = await within(self.hang_s + HANG_SLACK_S, self._hanging_get(path, tag), path)
                 notice = self._notice(path, value)
             except Exception as exc:  # noqa: BLE001  (keep watching whatever the server does)
                 errors.failed(f"gcp {path}: {describe(exc)}")
@@ -87,9 +93,9 @@ class GcpWatcher(Watcher):
         )
         if response.status_code != 200:
             raise BadResponse(f"HTTP {response.status_code}")
-        new_tag = response.headers.get("etag")
-        if not new_tag:
-            raise BadResponse("answer without an ETag")
+        new_tag = response.headers.get("etag", "")
+        if not ETAG.match(new_tag):
+            raise BadResponse(f"answer without a usable ETag ({new_tag[:40]!r})")
         return response.text.strip(), new_tag
 
     def _notice(self, path: str, value: str) -> Notice | None:

@@ -1,8 +1,10 @@
 """What the HTTP notice watchers share: clients, session tokens, the polling loop, time parsing.
 
 The polling loop is where the watcher contract lives: any bad answer (garbage, 5xx, a hang,
-a vanished token endpoint) is logged once, backed off and retried; it never ends `watch()`
-and never becomes a notice.
+a vanished token endpoint, a field that is not what the cloud sends) is logged once, backed off
+and retried; it never ends `watch()`, never becomes a notice and is never adopted as state.
+Every poll has an overall deadline: httpx's timeout is per read, so a server trickling a byte
+a second would otherwise hold a poll, and every notice behind it, forever.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import abc
 import asyncio
 import logging
 import random
+import re
 import time
-from collections.abc import AsyncIterator, Hashable
-from datetime import datetime, timezone
+from collections.abc import AsyncIterator, Awaitable, Hashable
+from datetime import datetime, timedelta, timezone
+from typing import TypeVar
 
 import httpx
 
@@ -22,6 +26,10 @@ from spotrun.notices.base import Notice, NoticeKind, Watcher
 DEFAULT_POLL_INTERVAL = 1.0  # notice -> yield p99 about 1 s (target 1.2 s) at about 0.3 % of a core
 REQUEST_TIMEOUT = httpx.Timeout(1.0, connect=0.5)
 MAX_BACKOFF_S = 2.0  # bounded so a recovered endpoint is heard again within seconds
+POLL_DEADLINE_S = 3.0  # a whole poll (token, every GET, every body byte); normally milliseconds
+MAX_SKEW = timedelta(days=3650)  # a notice time further than this from now is garbage, not a notice
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+T = TypeVar("T")
 
 
 class BadResponse(Exception):
@@ -53,7 +61,31 @@ def parse_utc(text: str) -> datetime:
         raise BadResponse(f"not a time value: {text[:60]!r}") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc)
+    return plausible(when.astimezone(timezone.utc))
+
+
+def plausible(when: datetime) -> datetime:
+    """A notice time within MAX_SKEW of now (past times are allowed: a late or stale notice)."""
+    now = datetime.now(timezone.utc)
+    if not now - MAX_SKEW <= when <= now + MAX_SKEW:
+        raise BadResponse(f"time {when.isoformat()} is too far from now to be a notice")
+    return when
+
+
+def identifier(value: object, what: str) -> str:
+    """An id or code from the endpoint (EventId, Code, ...): short, printable, no spaces."""
+    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+        raise BadResponse(f"{what} {value!r:.60} is not an identifier")
+    return value
+
+
+async def within(seconds: float, work: Awaitable[T], what: str) -> T:
+    """`work`, or BadResponse when it has not finished after `seconds` in all."""
+    try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the caller's cancellation
+        async with asyncio.timeout(seconds):
+            return await work
+    except TimeoutError:
+        raise BadResponse(f"{what}: no complete answer within {seconds:g}s") from None
 
 
 def termination_notice(provider: str, body: str) -> Notice | None:
@@ -166,10 +198,11 @@ class SessionToken:
         self.observe(response)
 
     def observe(self, response: httpx.Response) -> None:
-        """Servers report the token's remaining seconds on every answer: trust that clock."""
-        remaining = response.headers.get(self.ttl_header)
-        if remaining and remaining.isdigit() and self._token:
-            self._expires = time.monotonic() + int(remaining)
+        """Servers report the token's remaining seconds on every answer: trust that clock, but
+        never beyond the TTL asked for (a garbage header must not keep a dead token alive)."""
+        remaining = response.headers.get(self.ttl_header, "")
+        if remaining.isascii() and remaining.isdigit() and len(remaining) < 7 and self._token:
+            self._expires = time.monotonic() + min(int(remaining), self.ttl_s)
 
     def invalidate(self) -> None:
         self._token = None
@@ -192,6 +225,8 @@ class PollingWatcher(Watcher):
     currently reports; a key seen before is not yielded again, so each event is yielded once.
     """
 
+    poll_deadline_s = POLL_DEADLINE_S
+
     def __init__(self, client: httpx.AsyncClient, poll_interval: float | None) -> None:
         interval = DEFAULT_POLL_INTERVAL if poll_interval is None else poll_interval
         if interval <= 0:
@@ -209,7 +244,7 @@ class PollingWatcher(Watcher):
         errors = OnceLog(self.log)
         while True:
             try:
-                found = await self.poll()
+                found = await within(self.poll_deadline_s, self.poll(), "poll")
             # The contract: whatever the endpoint does, keep watching (see module docstring).
             except Exception as exc:  # noqa: BLE001
                 errors.failed(f"{self.provider} notice endpoint: {describe(exc)}")
