@@ -9,7 +9,7 @@ from spotrun.market.policies import ONLINE, make
 from spotrun.market.policies.optimum import solve
 from spotrun.market.policy import IDLE, ON_DEMAND, JobSpec, Observation, is_safe, spot
 from spotrun.market.sim import Market, simulate
-from spotrun.market.trace import resolve, synthetic
+from spotrun.market.trace import Trace, resolve, synthetic
 from tests.market.helpers import Script, heavy_tailed, market
 
 G = 600.0
@@ -139,16 +139,39 @@ def brute_force(job: JobSpec, m: Market, start: int = 0) -> float:
     return best
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(10))
 def test_optimum_equals_brute_force_on_tiny_traces(seed):
+    """Both solvers, with changeovers that are not whole ticks and per-tick prices."""
     rng = np.random.default_rng(seed)
     zones = 1 + seed % 2
-    m = market(*[rng.integers(0, 2, 8).tolist() for _ in range(zones)])
-    compute = [900.0, 1200.0, 1500.0][seed % 3]
-    job = JobSpec(compute, 3000.0 if zones == 1 else 2400.0, G)
-    (opt,) = solve(job, m, np.array([0]))
-    assert opt.cost == pytest.approx(brute_force(job, m))
-    assert opt.met_deadline and opt.finish_s <= job.deadline_s
+    n = 7 if zones == 1 else 6
+    prices = [rng.choice([0.5, 0.9, 2.0, 4.0], n) if seed % 3 == 0 else None for _ in range(zones)]
+    m = Market.of([Trace(f"z{z}", G, rng.integers(0, 2, n).astype(bool), prices=prices[z]) for z in range(zones)])
+    changeover = [G, 720.0, 300.0, 900.0, 450.0][seed % 5]
+    compute = [900.0, 1200.0, 1500.0, 1000.0][seed % 4]
+    job = JobSpec(compute, min(n * G, compute + changeover + [600.0, 1200.0, 1800.0][seed % 3]), changeover)
+    expected = brute_force(job, m)
+    for method in ("tick", "segment"):
+        (opt,) = solve(job, m, np.array([0]), method=method)
+        assert opt.cost == pytest.approx(expected), method
+        assert opt.met_deadline and opt.finish_s <= job.deadline_s
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_two_optimum_solvers_agree_on_longer_priced_traces(seed):
+    rng = np.random.default_rng(1000 + seed)
+    gap = [600.0, 195.0, 300.0, 30.0][seed]
+    traces = []
+    for z in range(1 + seed % 3):
+        t = synthetic(30, gap, float(rng.uniform(0.2, 0.9)), float(rng.uniform(0.2, 3)) * 3600, seed=seed * 7 + z)
+        hourly = np.repeat(rng.uniform(0.3, 3.5, t.ticks // 10 + 1), 10)[: t.ticks]  # prices that move
+        traces.append(Trace(t.name, gap, t.available, prices=hourly))
+    m = Market.of(traces)
+    job = JobSpec(float(rng.uniform(3, 8)) * 3600, 12 * 3600, [720.0, 450.0, 1800.0, 180.0][seed])
+    starts = m.random_starts(job, 4, seed)
+    for a, b in zip(solve(job, m, starts, method="tick"), solve(job, m, starts, method="segment")):
+        assert a.cost == pytest.approx(b.cost, rel=1e-9)
+        assert a.spot_s + a.on_demand_s == pytest.approx(b.spot_s + b.on_demand_s)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -159,7 +182,7 @@ def test_optimum_bounds_every_policy_and_nobody_misses(seed):
                         mean_lifetime_s=float(rng.uniform(0.3, 5)) * 3600, seed=seed * 10 + z) for z in range(zones)]
     m = Market.of(traces)
     job = JobSpec(compute_s=float(rng.uniform(4, 12)) * 3600, deadline_s=16 * 3600,
-                  changeover_s=float(rng.choice([G, 2 * G])))
+                  changeover_s=float(rng.choice([G, 2 * G, 720.0, 180.0])))
     starts = m.random_starts(job, 12, seed)
     opt = solve(job, m, starts)
     for name in ONLINE:
@@ -170,8 +193,7 @@ def test_optimum_bounds_every_policy_and_nobody_misses(seed):
             assert o.finish_s <= job.deadline_s
     # the optimum's accounting is the simulator's: its hours add up to compute + changeovers
     for o in opt:
-        g_d = round(job.changeover_s / G) * G
-        assert o.spot_s + o.on_demand_s == pytest.approx(job.compute_s + o.changeovers * g_d)
+        assert o.spot_s + o.on_demand_s == pytest.approx(job.compute_s + o.changeovers * job.changeover_s)
         assert o.spot_work_s + o.on_demand_work_s == pytest.approx(job.compute_s)
 
 

@@ -3,8 +3,8 @@
 The model is the *Can't Be Late* one, on the trace's tick grid: spot capacity seen at tick i
 holds for that whole tick; a reclaim happens at a tick boundary; every launch of a new
 instance (after a reclaim, a zone hop, a spot/on-demand switch) pays the changeover delay d
-at that instance's price before making progress. d is counted in whole ticks (rounded, at
-least one) so that the omniscient optimum can be computed exactly on the same grid.
+at that instance's price before making progress. d is exact, in seconds: a changeover that
+is not a whole number of ticks ends inside a tick, and the rest of that tick is work.
 Billing is per second; the last tick is billed up to the moment the job finishes.
 """
 
@@ -20,9 +20,28 @@ from spotrun.market.policy import IDLE, IDLE_KIND, ON_DEMAND_KIND, SPOT_KIND, Jo
 from spotrun.market.trace import Trace
 
 
-def changeover_ticks(changeover_s: float, gap_s: float) -> int:
-    """The changeover delay on the tick grid: rounded to whole ticks, at least one."""
-    return max(1, round(changeover_s / gap_s))
+# The optimum's grid must hold both the tick and d; finer than this many steps a tick, it
+# refuses rather than take minutes (a 1-second grid on 197-second ticks, say).
+MAX_STEPS_PER_TICK = 64
+
+
+def exact_grid(changeover_s: float, gap_s: float) -> tuple[float, int, int]:
+    """(step s, tick in steps, d in steps): the coarsest grid on which both are whole numbers.
+
+    The optimum counts slack on this grid, so it is exact for any d, not d rounded to ticks;
+    times are taken to the millisecond.
+    """
+    g_ms, d_ms = round(gap_s * 1000), round(changeover_s * 1000)
+    step = math.gcd(g_ms, d_ms)
+    if g_ms // step > MAX_STEPS_PER_TICK:
+        coarse = g_ms / MAX_STEPS_PER_TICK / 1000
+        raise ValueError(
+            f"the exact optimum needs a {step / 1000:g}s grid for changeover {changeover_s:g}s on {gap_s:g}s ticks "
+            f"({g_ms // step} steps a tick, at most {MAX_STEPS_PER_TICK}); give a changeover that shares a "
+            f"step of at least {coarse:.3g}s with the tick (a multiple of {gap_s / 2:g}s, {gap_s / 4:g}s, ...), "
+            "or leave out the optimum (--policies)"
+        )
+    return step / 1000, g_ms // step, d_ms // step
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,7 +131,7 @@ class RunResult:
 def simulate(policy: Policy, job: JobSpec, market: Market, start: int = 0) -> RunResult:
     """Run `job` from tick `start` under `policy`; a miss is finished on on-demand past the deadline."""
     g = market.gap_s
-    d = changeover_ticks(job.changeover_s, g) * g
+    d = job.changeover_s
     n = market.window_ticks(job)
     if not 0 <= start <= market.ticks - n:
         raise ValueError(
