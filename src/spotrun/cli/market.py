@@ -84,7 +84,8 @@ def simulate(
 
     Prints the paper's Table 3: per policy the hours of compute done on on-demand and on
     spot (mean ± std over start times), the mean cost, the saving against on-demand, spot use
-    against the omniscient optimum, and deadline misses; then, per trace, the gang size and
+    against the omniscient optimum, launches per job (every one pays the changeover) and
+    deadline misses; then, per trace, the gang size and
     the spot prices it used (the trace's own where it has them, else --spot-price). The
     changeover is exact in seconds; the optimum refuses one that shares no step of at least
     1/64 tick with the tick, and says which would do.
@@ -184,12 +185,12 @@ def _print_table(report: dict, od_cost: float) -> None:
     title = (f"C={job['compute_h']:g}h, deadline {job['deadline_h']:g}h, d={job['changeover_s']:g}s, "
              f"{report['starts']} start(s) x {len(report['markets'])} market(s)")
     table = Table(title=title)
-    for col in ("policy", "on-demand h", "spot h", "cost $", "saving", "spot vs opt.", "misses"):
+    for col in ("policy", "on-demand h", "spot h", "cost $", "saving", "spot vs opt.", "launches", "misses"):
         table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
     for r in report["policies"]:
         vs = "-" if r["spot_vs_optimum"] is None else f"{r['spot_vs_optimum']:.0%}"
         table.add_row(r["policy"], _pm(r["on_demand_hours"]), _pm(r["spot_hours"]), f"{r['cost']['mean']:.2f}",
-                      f"{1 - r['cost']['mean'] / od_cost:.0%}", vs, str(r["deadline_misses"]))
+                      f"{1 - r['cost']['mean'] / od_cost:.0%}", vs, f"{r['changeovers']:.1f}", str(r["deadline_misses"]))
     console.print(table)
     for t in report["traces"]:
         prices = (f"trace prices ${t['spot_price_min']:g}-{t['spot_price_max']:g}/h" if t["prices_from"] == "trace"

@@ -130,7 +130,7 @@ class RunResult:
 
 @dataclass
 class Run:
-    """A job's progress through the market, one tick at a time: the simulator's, and a policy's shadow of another policy."""
+    """A job's progress through the market and its bill so far, one tick at a time."""
 
     remaining: float
     state: Decision = IDLE
