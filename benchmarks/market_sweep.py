@@ -47,9 +47,11 @@ def main() -> None:
     ap.add_argument("--fine", action="store_true", help="time the sweep on the 30-s traces, tick solver vs default")
     ap.add_argument("--grid", action="store_true", help="the stress grid (d x job fraction x C), adaptive vs UP")
     ap.add_argument("--zones", action="store_true", help="multi-zone markets against their best single zone")
+    ap.add_argument("--solver-starts", type=int, default=30, help="--fine: starts per trace for the optimum-alone timing")
+    ap.add_argument("--no-sweep", action="store_true", help="--fine: time only the optimum alone")
     args = ap.parse_args()
     if args.fine:
-        return _out(fine(args.starts, args.workers, args.seed), args.json)
+        return _out(fine(args.starts, args.workers, args.seed, args.solver_starts, not args.no_sweep), args.json)
     if args.grid:
         return _out(grid(args.starts, args.workers, args.seed), args.json)
     if args.zones:
@@ -115,7 +117,7 @@ def _timed(job: JobSpec, markets: list[Market], starts: int, seed: int, workers:
     return results, time.perf_counter() - t0, time.process_time() - c0 + _children_cpu() - k0
 
 
-def fine(starts: int, workers: int, seed: int, before_starts: int = 30) -> dict:
+def fine(starts: int, workers: int, seed: int, before_starts: int = 30, sweep: bool = True) -> dict:
     """The full sweep on the 30/32-second traces, and the optimum alone by each solver.
 
     The tick solver (the only one before issue 16) takes minutes per trace here, so it is
@@ -129,9 +131,10 @@ def fine(starts: int, workers: int, seed: int, before_starts: int = 30) -> dict:
               ("C = 24 h, D = 30 h, d = 0.2 h (all four)", JobSpec(24 * 3600, 30 * 3600, 720), fine_names)]
     for label, job, names in setups:
         markets = [Market.of([load_trace(n)]) for n in names]
-        results, wall, cpu = _timed(job, markets, starts, seed, workers, None)
-        rows.append({"what": f"{label}: full sweep, all policies, {starts} starts", "traces": len(names),
-                     "wall s": wall, "CPU s": cpu})
+        if sweep:
+            results, wall, cpu = _timed(job, markets, starts, seed, workers, None)
+            rows.append({"what": f"{label}: full sweep, all policies, {starts} starts", "traces": len(names),
+                         "wall s": wall, "CPU s": cpu})
         for solver in ("tick", "segment"):
             c0 = time.process_time()
             for i, m in enumerate(markets):
