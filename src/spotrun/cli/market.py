@@ -27,7 +27,7 @@ def _split(values: list[str]) -> list[str]:
 
 
 def _pm(stats: dict) -> str:
-    return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+    return f"{stats['mean']:.1f}±{stats['std']:.1f}"
 
 
 def _list_traces(as_json: bool) -> None:
@@ -82,10 +82,10 @@ def simulate(
 ) -> None:
     """Replay a deadline job through real spot traces under each policy, in virtual time.
 
-    Prints the paper's Table 3: per policy the hours of compute done on on-demand and on
-    spot (mean ± std over start times), the mean cost, the saving against on-demand, spot use
-    against the omniscient optimum, launches per job (every one pays the changeover) and
-    deadline misses; then, per trace, the gang size and
+    Prints the paper's Table 3: per policy the hours of compute done on on-demand (OD h) and
+    on spot (mean±std over start times), the mean cost, the saving against on-demand, spot use
+    against the omniscient optimum (vs opt), launches per job (every one pays the changeover)
+    and deadline misses; then, per trace, the gang size and
     the spot prices it used (the trace's own where it has them, else --spot-price). The
     changeover is exact in seconds; the optimum refuses one that shares no step of at least
     1/64 tick with the tick, and says which would do.
@@ -185,8 +185,9 @@ def _print_table(report: dict, od_cost: float) -> None:
     title = (f"C={job['compute_h']:g}h, deadline {job['deadline_h']:g}h, d={job['changeover_s']:g}s, "
              f"{report['starts']} start(s) x {len(report['markets'])} market(s)")
     table = Table(title=title)
-    for col in ("policy", "on-demand h", "spot h", "cost $", "saving", "spot vs opt.", "launches", "misses"):
-        table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
+    for col in ("policy", "OD h", "spot h", "cost $", "saved", "vs opt", "launch", "miss"):
+        table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True,
+                         min_width=9 if col == "policy" else None)
     for r in report["policies"]:
         vs = "-" if r["spot_vs_optimum"] is None else f"{r['spot_vs_optimum']:.0%}"
         table.add_row(r["policy"], _pm(r["on_demand_hours"]), _pm(r["spot_hours"]), f"{r['cost']['mean']:.2f}",
