@@ -45,7 +45,6 @@ class Adaptive:
 
     def reset(self, job: JobSpec) -> None:
         self.job = job
-        self.up_s: list[float] = []  # time with spot per zone
         self.age_s: list[float] = []  # how long each zone's current run has lasted
         self.runs: list[list[float]] = []  # the lengths of each zone's ended runs
         self.last: tuple[bool, ...] = ()
@@ -53,24 +52,17 @@ class Adaptive:
         self.baseline.reset(job)
 
     def _observe(self, obs: Observation) -> None:
-        if len(self.up_s) != len(obs.available):
-            self.up_s = [0.0] * len(obs.available)
+        if len(self.age_s) != len(obs.available):
             self.age_s = [0.0] * len(obs.available)
             self.runs = [[] for _ in obs.available]
             self.last = obs.available
         for z, up in enumerate(obs.available):
             if up:
-                self.up_s[z] += obs.tick_s
                 self.age_s[z] += obs.tick_s
             elif self.last[z]:
                 self.runs[z].append(self.age_s[z])
                 self.age_s[z] = 0.0
         self.last = obs.available
-
-    def lifetime_s(self, zone: int) -> float:
-        """Mean spot run length seen in `zone`, shrunk towards a prior while few runs have ended."""
-        w = self.prior_weight
-        return (self.up_s[zone] + w * self.prior_lifetime_s) / (len(self.runs[zone]) + w)
 
     def residual_s(self, zone: int) -> float:
         """Expected time left of the zone's current spot run, given how long it has lasted.
