@@ -4,7 +4,17 @@ Reproduces the paper's Table 3 setting (C = 48 h, job fraction 0.8, d = 0.2 h) a
 Baseline, measured in the same run: the same sweep one policy at a time in one process; the
 timed run is the whole sweep over `--workers` processes (target: under 60 s on 2 cores).
 
+`--fine` times the sweep on the fine-grained traces (30- and 32-second ticks), the optimum
+with the tick solver (the baseline, as before) against the default choice (the segment one).
+`--zones` compares multi-zone markets with their best zone run alone (cost, launches).
+`--grid` runs the stress grid: d in {0.05, 0.5} h x job fraction in {0.5, 0.95} x C in
+{8, 100} h on every bundled trace long enough for the cell, adaptive's mean cost against UP's
+and both policies' spot use against the optimum's.
+
     .venv/bin/python benchmarks/market_sweep.py [--starts 300] [--workers 2] [--json]
+    .venv/bin/python benchmarks/market_sweep.py --fine [--starts 300]
+    .venv/bin/python benchmarks/market_sweep.py --grid [--starts 20]
+    .venv/bin/python benchmarks/market_sweep.py --zones [--starts 30]
 """
 
 from __future__ import annotations
@@ -15,11 +25,14 @@ import resource
 import sys
 import time
 
+import numpy as np
+
 from spotrun.market.policies import ALL
+from spotrun.market.policies.optimum import solve
 from spotrun.market.policy import JobSpec
 from spotrun.market.sim import Market
-from spotrun.market.sweep import per_market, run_sweep, summarize
-from spotrun.market.trace import bundled, bundled_kind, load_trace
+from spotrun.market.sweep import _run, per_market, run_sweep, summarize
+from spotrun.market.trace import bundled, bundled_kind, load_trace, resolve
 
 TRAIN = "aws-10-26-2022/"  # the adaptive policy was tuned on these; every other trace is held out
 
@@ -31,7 +44,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-baseline", action="store_true", help="skip the one-process baseline")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--fine", action="store_true", help="time the sweep on the 30-s traces, tick solver vs default")
+    ap.add_argument("--grid", action="store_true", help="the stress grid (d x job fraction x C), adaptive vs UP")
+    ap.add_argument("--zones", action="store_true", help="multi-zone markets against their best single zone")
+    ap.add_argument("--solver-starts", type=int, default=30, help="--fine: starts per trace for the optimum-alone timing")
+    ap.add_argument("--no-sweep", action="store_true", help="--fine: time only the optimum alone")
     args = ap.parse_args()
+    if args.fine:
+        return _out(fine(args.starts, args.workers, args.seed, args.solver_starts, not args.no_sweep), args.json)
+    if args.grid:
+        return _out(grid(args.starts, args.workers, args.seed), args.json)
+    if args.zones:
+        return _out(zones(args.starts, args.seed), args.json)
 
     job = JobSpec(48 * 3600, 60 * 3600, 0.2 * 3600)
     names = [n for n in bundled() if bundled_kind(n) == "availability"]
@@ -69,6 +93,120 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     _print(report)
+
+
+def _out(report: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    for title, rows in report["tables"].items():
+        t = Table(title=title)
+        for col in rows[0]:
+            t.add_column(col, justify="left" if col in ("trace", "what") else "right", no_wrap=True)
+        for r in rows:
+            t.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()))
+        Console().print(t)
+
+
+def _timed(job: JobSpec, markets: list[Market], starts: int, seed: int, workers: int, solver: str | None):
+    t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
+    results = run_sweep(job, markets, ALL, starts, seed, workers=workers, solver=solver)
+    return results, time.perf_counter() - t0, time.process_time() - c0 + _children_cpu() - k0
+
+
+def fine(starts: int, workers: int, seed: int, before_starts: int = 30, sweep: bool = True) -> dict:
+    """The full sweep on the 30/32-second traces, and the optimum alone by each solver.
+
+    The tick solver (the only one before issue 16) takes minutes per trace here, so it is
+    timed on `before_starts` starts, beside the default solver on the same starts; its time
+    grows linearly with the starts (one vectorised pass per start tick column).
+    """
+    rows = []
+    fine_names = [n for n in bundled() if load_trace(n).gap_s <= 60]
+    setups = [("paper set-up, C = 48 h, d = 0.2 h (the two 32-s traces; the 30-s ones are 45 h long)",
+               JobSpec(48 * 3600, 60 * 3600, 720), [n for n in fine_names if load_trace(n).hours >= 60]),
+              ("C = 24 h, D = 30 h, d = 0.2 h (all four)", JobSpec(24 * 3600, 30 * 3600, 720), fine_names)]
+    for label, job, names in setups:
+        markets = [Market.of([load_trace(n)]) for n in names]
+        if sweep:
+            results, wall, cpu = _timed(job, markets, starts, seed, workers, None)
+            rows.append({"what": f"{label}: full sweep, all policies, {starts} starts", "traces": len(names),
+                         "wall s": wall, "CPU s": cpu})
+        for solver in ("tick", "segment"):
+            c0 = time.process_time()
+            for i, m in enumerate(markets):
+                solve(job, m, m.random_starts(job, before_starts, seed + i), solver)
+            cpu = time.process_time() - c0
+            rows.append({"what": f"{label}: optimum alone by the {solver} solver, {before_starts} starts per trace",
+                         "traces": len(names), "wall s": float("nan"), "CPU s": cpu})
+    return {"command": " ".join([".venv/bin/python", *sys.argv]), "tables": {"Sweep on fine-grained traces": rows}}
+
+
+def grid(starts: int, workers: int, seed: int) -> dict:
+    """Adaptive against UP (cost) and both against the optimum (spot use) in every stress cell."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    cells = [(n, d, f, c) for n in bundled() for d in (0.05, 0.5) for f in (0.5, 0.95) for c in (8, 100)]
+    with ProcessPoolExecutor(workers) as pool:
+        rows = [r for r in pool.map(_grid_cell, cells, [starts] * len(cells), [seed] * len(cells)) if r]
+    worse = [r for r in rows if r["adaptive / UP cost"] > 1.0005]
+    summary = [{"what": "cells", "value": len(rows)},
+               {"what": "cells where adaptive costs > UP + 0.05 %", "value": len(worse)},
+               {"what": "worst cell, adaptive / UP cost", "value": max(r["adaptive / UP cost"] for r in rows)},
+               {"what": "mean over cells, adaptive / UP cost", "value": float(np.mean([r["adaptive / UP cost"] for r in rows]))},
+               {"what": "starts where adaptive costs more than UP", "value": sum(r["starts > UP"] for r in rows)},
+               {"what": "starts", "value": sum(r["starts"] for r in rows)},
+               {"what": "deadline misses (adaptive)", "value": sum(r["misses"] for r in rows)}]
+    return {"command": " ".join([".venv/bin/python", *sys.argv]),
+            "tables": {"Stress grid: adaptive vs UP (cost) and vs the optimum (spot use)": rows, "Summary": summary}}
+
+
+def zones(starts: int, seed: int) -> dict:
+    """UP and adaptive on multi-zone markets, and adaptive on each zone alone, from the same starts."""
+    rows = []
+    for spec, job in (("aws-02-15-2023/*", JobSpec(48 * 3600, 60 * 3600, 720)),
+                      ("aws-02-15-2023/*", JobSpec(24 * 3600, 24 * 3600 / 0.95, 1800)),
+                      ("aws-10-26-2022/us-west-2*_v100_1", JobSpec(24 * 3600, 30 * 3600, 1800))):
+        traces = resolve([spec])
+        market = Market.of(traces)
+        ticks = market.random_starts(job, starts, seed)
+        row = {"market": spec, "C h": job.compute_s / 3600, "D h": round(job.deadline_s / 3600, 2),
+               "d s": job.changeover_s}
+        for p in ("up", "adaptive"):
+            runs = _run(job, market, p, ticks)
+            row[f"{p} $"] = float(np.mean([r.cost for r in runs]))
+            row[f"{p} launches"] = float(np.mean([r.changeovers for r in runs]))
+            row[f"{p} misses"] = sum(not r.met_deadline for r in runs)
+        alone = {t.name: _run(job, Market.of([t]), "adaptive", ticks) for t in traces}
+        best = min(alone, key=lambda n: np.mean([r.cost for r in alone[n]]))
+        row["best zone alone"] = best
+        row["its $"] = float(np.mean([r.cost for r in alone[best]]))
+        row["its launches"] = float(np.mean([r.changeovers for r in alone[best]]))
+        rows.append(row)
+    return {"command": " ".join([".venv/bin/python", *sys.argv]), "tables": {"Multi-zone": rows}}
+
+
+def _grid_cell(cell: tuple[str, float, float, int], starts: int, seed: int) -> dict | None:
+    name, d, f, c = cell
+    try:
+        job = JobSpec(c * 3600, c * 3600 / f, d * 3600)
+        market = Market.of([load_trace(name)])
+        ticks = market.random_starts(job, starts, seed)
+    except ValueError:  # the trace is shorter than the deadline, or d does not fit the deadline
+        return None
+    by = {p: _run(job, market, p, ticks) for p in ("up", "adaptive", "optimum")}
+    opt_spot = float(np.mean([r.spot_hours for r in by["optimum"]])) or float("nan")
+    up, ad = by["up"], by["adaptive"]
+    return {"trace": name, "d h": d, "C/D": f, "C h": c, "starts": len(ticks),
+            "adaptive / UP cost": float(np.mean([r.cost for r in ad]) / np.mean([r.cost for r in up])),
+            "starts > UP": sum(a.cost > u.cost + 1e-6 for a, u in zip(ad, up)),
+            "UP spot vs opt.": float(np.mean([r.spot_hours for r in up])) / opt_spot,
+            "adaptive spot vs opt.": float(np.mean([r.spot_hours for r in ad])) / opt_spot,
+            "launches UP / adaptive": f"{np.mean([r.changeovers for r in up]):.1f} / {np.mean([r.changeovers for r in ad]):.1f}",
+            "misses": sum(not r.met_deadline for r in ad)}
 
 
 def _children_cpu() -> float:

@@ -99,9 +99,8 @@ async def test_policy_drives_capacity_in_every_market(
     def launched(zone: str) -> list[dict]:
         return [a for a in views[zone]["attempt_list"] if a["instance_id"]]
 
-    # No spot ever: the policy waits on its slack, then on-demand makes the deadline.
+    # No spot ever: behind UP's line from the first pass, so on-demand makes the deadline.
     assert [a["spot"] for a in launched("never")] == [False]
-    assert any("wait for spot" in e["message"] for e in views["never"]["events"])
     # Spot all along: it never pays for on-demand.
     assert [a["spot"] for a in launched("always")] == [True]
     # Spot reclaimed mid-run: a reclaim (its own budget), then on-demand, with the work kept.

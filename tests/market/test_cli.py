@@ -166,3 +166,39 @@ def test_prices_scores_error_is_clear(spotrun_cmd, moto_ec2, aws_env):
 def test_prices_history_needs_types(spotrun_cmd):
     p = run(spotrun_cmd, "prices", "--history", ok=False)
     assert p.returncode == 2 and "--instance-types" in p.stderr
+
+
+def test_simulate_says_the_gang_size_prices_and_changeover_it_used(spotrun_cmd, tmp_path):
+    # a 1-node trace with its own prices, stored in the public layout under a folder that merely contains "2-node"
+    d = tmp_path / "run-2-node-copies" / "preemption" / "1-node" / "aws-01-01-2024"
+    d.mkdir(parents=True)
+    counts = ([1] * 30 + [0] * 6) * 10
+    prices = [0.5 + 0.1 * (i // 36) for i in range(len(counts))]
+    (d / "us-east-1a_v100_1.json").write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": counts,
+                                                          "prices": prices}))
+    p = run(spotrun_cmd, "simulate", "--traces", str(d / "us-east-1a_v100_1.json"), "--compute", "8h",
+            "--deadline", "12h", "--changeover", "700s", "--starts", "3", "--workers", "1", "--json")
+    report = json.loads(p.stdout)
+    (t,) = report["traces"]
+    assert (t["nodes"], t["nodes_from"], t["prices_from"]) == (1, "folder", "trace")
+    assert t["spot_price_min"] == pytest.approx(0.5) and t["spot_price_max"] == pytest.approx(1.4)
+    assert report["job"]["changeover_s"] == 700  # exact, not rounded to the 600-s tick
+    rows = {r["policy"]: r for r in report["policies"]}
+    assert rows["on-demand"]["cost"]["mean"] == pytest.approx((8 * 3600 + 700) * 3.06 / 3600)
+    assert all(r["deadline_misses"] == 0 for r in rows.values())
+    table = run(spotrun_cmd, "simulate", "--traces", str(d / "us-east-1a_v100_1.json"), "--compute", "8h",
+                "--deadline", "12h", "--starts", "2", "--workers", "1", "--nodes", "1").stdout
+    assert "1 node(s) (--nodes)" in " ".join(table.split()) and "trace prices $0.5-1.4/h" in table
+
+
+def test_simulate_refuses_a_multi_node_trace_nobody_sized_and_a_changeover_off_the_grid(spotrun_cmd, tmp_path):
+    f = tmp_path / "gang.json"
+    f.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [4, 2, 4] * 200}))
+    p = run(spotrun_cmd, "simulate", "--traces", str(f), "--compute", "8h", "--starts", "1", ok=False)
+    assert p.returncode == 2 and "give --nodes N" in p.stderr and "Traceback" not in p.stderr
+    ok = run(spotrun_cmd, "simulate", "--traces", str(f), "--nodes", "4", "--compute", "8h", "--starts", "1",
+             "--policies", "up", "--json")
+    assert json.loads(ok.stdout)["traces"][0]["availability"] == pytest.approx(2 / 3, abs=0.01)
+    p = run(spotrun_cmd, "simulate", "--traces", "aws-10-26-2022/us-west-2a_k80_1", "--changeover", "7s",
+            "--compute", "8h", "--starts", "1", ok=False)
+    assert p.returncode == 2 and "needs a 1s grid" in p.stderr and "Traceback" not in p.stderr

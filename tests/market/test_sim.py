@@ -4,7 +4,7 @@ import pytest
 
 from spotrun.market.policies import make
 from spotrun.market.policy import IDLE, ON_DEMAND, JobSpec, spot
-from spotrun.market.sim import Market, changeover_ticks, simulate
+from spotrun.market.sim import Market, exact_grid, simulate
 from tests.market.helpers import Script, market
 
 OD, SPOT = 3.06, 0.918
@@ -48,12 +48,17 @@ def test_last_tick_is_billed_to_the_second():
     assert r.cost == pytest.approx(1500 * SPOT / 3600)
 
 
-def test_changeover_is_whole_ticks():
-    assert changeover_ticks(700, 600) == 1
-    assert changeover_ticks(720, 195) == 4
-    assert changeover_ticks(10, 600) == 1
+def test_changeover_is_exact_not_whole_ticks():
+    # 700 s of changeover on 600-s ticks: the second tick holds 100 s of changeover and 500 s of work
     r = simulate(make("on-demand"), job(changeover_s=700), market([0] * 20))
-    assert r.on_demand_s == 2400
+    assert r.on_demand_s == 2500 and r.finish_s == 2500
+    r = simulate(make("greedy"), job(changeover_s=180), market([1] * 20))
+    assert r.spot_s == 1980 and r.spot_work_s == 1800
+    assert exact_grid(720, 600) == (120, 5, 6)
+    assert exact_grid(720, 195) == (15, 13, 48)
+    assert exact_grid(1800, 30) == (30, 1, 60)
+    with pytest.raises(ValueError, match="needs a 1s grid"):
+        exact_grid(7, 600)
 
 
 def test_switching_spot_to_on_demand_pays_at_the_new_price():

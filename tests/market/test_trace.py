@@ -41,16 +41,43 @@ def test_missing_file_and_unknown_name():
         load_trace("no/such/trace")
 
 
-def test_n_node_trace_is_available_only_when_the_whole_gang_is(tmp_path):
-    p = write(tmp_path, json.dumps({"metadata": {"gap_seconds": 300}, "data": [0, 5, 16, 16, 8, 16]}), "x.json")
-    t = read_trace(p, name="availability/16-node/x")
-    assert t.nodes == 16
+def public_layout(root: Path, counts: list[int], folder: str, gap: int = 300, **meta) -> Path:
+    """A trace file at <root>/<kind>/<folder>/<date>/<zone>.json, as the public traces are stored."""
+    d = root / "availability" / folder / "aws-01-01-2024"
+    d.mkdir(parents=True)
+    return write(d, json.dumps({"metadata": {"gap_seconds": gap, **meta}, "data": counts}), "us-west-2a_v100_1.json")
+
+
+def test_gang_size_comes_from_the_public_layout(tmp_path):
+    t = read_trace(public_layout(tmp_path, [0, 5, 16, 16, 8, 16], "16-node"))
+    assert (t.nodes, t.nodes_from) == (16, "folder")
     assert t.available.tolist() == [False, False, True, True, False, True]
-    # the same counts read as a 4-node gang from a folder that says so
-    sub = tmp_path / "4-node"
-    sub.mkdir()
-    q = write(sub, json.dumps({"metadata": {"gap_seconds": 300}, "data": [0, 4, 2]}))
-    assert read_trace(q).available.tolist() == [False, True, False]
+
+
+def test_gang_size_is_never_guessed_from_elsewhere_in_the_path(tmp_path):
+    # a 1-node trace kept in a folder whose name merely contains "2-node"
+    copies = tmp_path / "run-2-node-copies"
+    t = read_trace(public_layout(copies, [1, 0, 1], "1-node"))
+    assert (t.nodes, t.nodes_from) == (1, "folder") and t.available.tolist() == [True, False, True]
+    # "N-node" as the parent (not the grandparent) folder, or in the file name, says nothing
+    (tmp_path / "4-node").mkdir()
+    q = write(tmp_path / "4-node", json.dumps({"metadata": {"gap_seconds": 60}, "data": [1, 0]}), "8-node.json")
+    assert (read_trace(q).nodes, read_trace(q).nodes_from) == (1, "default")
+
+
+def test_gang_size_from_metadata_or_nodes_and_counts_nobody_sized_are_refused(tmp_path):
+    t = parse_trace({"metadata": {"gap_seconds": 60, "nodes": 4}, "data": [4, 3, 4]})
+    assert (t.nodes, t.nodes_from, t.available.tolist()) == (4, "metadata", [True, False, True])
+    t = parse_trace({"metadata": {"gap_seconds": 60, "nodes": 4}, "data": [3, 2, 3]}, nodes=3)
+    assert (t.nodes, t.nodes_from, t.available.tolist()) == (3, "--nodes", [True, False, True])
+    with pytest.raises(ValueError, match=r"exceeds the gang size 1 \(from default\): give --nodes N"):
+        parse_trace({"metadata": {"gap_seconds": 60}, "data": [4, 3, 4]})
+    with pytest.raises(ValueError, match="metadata.nodes is 8 but the file sits in a 16-node folder"):
+        read_trace(public_layout(tmp_path, [1], "16-node", nodes=8))
+    with pytest.raises(ValueError, match="metadata.nodes must be a positive integer"):
+        parse_trace({"metadata": {"gap_seconds": 60, "nodes": "16"}, "data": [1]})
+    # the user's --nodes wins over the folder
+    assert read_trace(public_layout(tmp_path / "x", [2, 1], "16-node"), nodes=2).available.tolist() == [True, False]
 
 
 def test_one_node_trace_and_prices(tmp_path):

@@ -27,7 +27,7 @@ def _split(values: list[str]) -> list[str]:
 
 
 def _pm(stats: dict) -> str:
-    return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+    return f"{stats['mean']:.1f}±{stats['std']:.1f}"
 
 
 def _list_traces(as_json: bool) -> None:
@@ -38,7 +38,7 @@ def _list_traces(as_json: bool) -> None:
     rows = []
     for name in bundled():
         t = load_trace(name)
-        rows.append({"name": name, "kind": bundled_kind(name), "nodes": t.nodes, "gap_s": t.gap_s,
+        rows.append({"name": name, "kind": bundled_kind(name), "nodes": t.nodes, "nodes_from": t.nodes_from, "gap_s": t.gap_s,
                      "hours": round(t.hours, 1), "availability": round(t.availability, 3)})
     if as_json:
         print_json(rows)
@@ -66,7 +66,12 @@ def simulate(
     job_fraction: float = typer.Option(0.8, "--job-fraction", help="C / deadline; ignored when --deadline is given."),
     deadline: Optional[str] = typer.Option(None, "--deadline", "-D", help="Deadline from the start (e.g. 60h)."),
     changeover: str = typer.Option("0.2h", "--changeover", "-d", help="Delay d paid on every launch (setup + lost work)."),
-    spot_price: float = typer.Option(DEFAULT_SPOT_PRICE, "--spot-price", help="Spot $/h where the trace has no prices."),
+    spot_price: float = typer.Option(DEFAULT_SPOT_PRICE, "--spot-price", help="Spot $/h where the trace has no prices of its own."),
+    nodes: Optional[int] = typer.Option(
+        None, "--nodes", min=1,
+        help="Gang size: spot counts only when this many instances are available. Default: the trace's "
+             "metadata.nodes, else its <kind>/<N>-node/<date>/<zone>.json folder, else 1.",
+    ),
     on_demand_price: float = typer.Option(DEFAULT_ON_DEMAND_PRICE, "--on-demand-price", help="On-demand $/h."),
     zones: bool = typer.Option(False, "--zones", help="Treat the traces as zones of one market the job may hop between."),
     workers: int = typer.Option(2, "--workers", min=1, help="Processes for a sweep."),
@@ -77,9 +82,13 @@ def simulate(
 ) -> None:
     """Replay a deadline job through real spot traces under each policy, in virtual time.
 
-    Prints the paper's Table 3: per policy the hours of compute done on on-demand and on
-    spot (mean ± std over start times), the mean cost, the saving against on-demand, spot use
-    against the omniscient optimum, and deadline misses.
+    Prints the paper's Table 3: per policy the hours of compute done on on-demand (OD h) and
+    on spot (mean±std over start times), the mean cost, the saving against on-demand, spot use
+    against the omniscient optimum (vs opt), launches per job (every one pays the changeover)
+    and deadline misses; then, per trace, the gang size and
+    the spot prices it used (the trace's own where it has them, else --spot-price). The
+    changeover is exact in seconds; the optimum refuses one that shares no step of at least
+    1/64 tick with the tick, and says which would do.
 
     Example: spotrun simulate --traces 'aws-10-26-2022/*' --starts 300 --compute 48h --job-fraction 0.8
     """
@@ -104,7 +113,7 @@ def simulate(
         d_s = c / job_fraction
     try:
         job = JobSpec(c, d_s, _hours(changeover, "--changeover"), spot_price, on_demand_price)
-        found = resolve(_split(traces))
+        found = resolve(_split(traces), nodes)
         markets = [Market.of(found)] if zones else [Market.of([t]) for t in found]
         for m in markets:
             m.window_ticks(job)
@@ -119,8 +128,9 @@ def simulate(
     summary = summarize(results, names)
     report = {
         "job": {"compute_h": c / 3600, "deadline_h": d_s / 3600, "changeover_h": job.changeover_s / 3600,
-                "spot_price": spot_price, "on_demand_price": on_demand_price},
+                "changeover_s": job.changeover_s, "spot_price": spot_price, "on_demand_price": on_demand_price},
         "markets": [m.name for m in markets],
+        "traces": [_trace_facts(t, spot_price) for t in found],
         "starts": 1 if start is not None else starts,
         "seed": seed,
         "policies": summary,
@@ -136,6 +146,18 @@ def simulate(
         print_json(report)
         return
     _print_table(report, on_demand_price * c / 3600)
+
+
+def _trace_facts(t, spot_price: float) -> dict:
+    """What the simulation used for a trace: its gang size (and where that came from) and its spot prices."""
+    facts = {"name": t.name, "nodes": t.nodes, "nodes_from": t.nodes_from, "gap_s": t.gap_s,
+             "hours": round(t.hours, 1), "availability": round(t.availability, 3)}
+    if t.prices is None:
+        facts.update(prices_from="--spot-price", spot_price_mean=spot_price)
+    else:
+        facts.update(prices_from="trace", spot_price_mean=round(float(t.prices.mean()), 4),
+                     spot_price_min=float(t.prices.min()), spot_price_max=float(t.prices.max()))
+    return facts
 
 
 def _single(job, markets, names, start: int):
@@ -160,16 +182,22 @@ def _print_table(report: dict, od_cost: float) -> None:
     from rich.table import Table
 
     job = report["job"]
-    title = (f"C={job['compute_h']:g}h, deadline {job['deadline_h']:g}h, d={job['changeover_h']:g}h, "
+    title = (f"C={job['compute_h']:g}h, deadline {job['deadline_h']:g}h, d={job['changeover_s']:g}s, "
              f"{report['starts']} start(s) x {len(report['markets'])} market(s)")
     table = Table(title=title)
-    for col in ("policy", "on-demand h", "spot h", "cost $", "saving", "spot vs opt.", "misses"):
-        table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
+    for col in ("policy", "OD h", "spot h", "cost $", "saved", "vs opt", "launch", "miss"):
+        table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True,
+                         min_width=9 if col == "policy" else None)
     for r in report["policies"]:
         vs = "-" if r["spot_vs_optimum"] is None else f"{r['spot_vs_optimum']:.0%}"
         table.add_row(r["policy"], _pm(r["on_demand_hours"]), _pm(r["spot_hours"]), f"{r['cost']['mean']:.2f}",
-                      f"{1 - r['cost']['mean'] / od_cost:.0%}", vs, str(r["deadline_misses"]))
+                      f"{1 - r['cost']['mean'] / od_cost:.0%}", vs, f"{r['changeovers']:.1f}", str(r["deadline_misses"]))
     console.print(table)
+    for t in report["traces"]:
+        prices = (f"trace prices ${t['spot_price_min']:g}-{t['spot_price_max']:g}/h" if t["prices_from"] == "trace"
+                  else f"spot ${t['spot_price_mean']:g}/h (--spot-price)")
+        console.print(f"  {t['name']}: {t['nodes']} node(s) ({t['nodes_from']}), {t['gap_s']:g}s ticks, "
+                      f"{t['availability']:.0%} available, {prices}")
     for market, rows in (report.get("per_market") or {}).items():
         cells = ", ".join(f"{r['policy']} {r['spot_vs_optimum']:.0%}" for r in rows if r["spot_vs_optimum"] is not None)
         console.print(f"  {market}: {cells}")

@@ -3,8 +3,8 @@
 The model is the *Can't Be Late* one, on the trace's tick grid: spot capacity seen at tick i
 holds for that whole tick; a reclaim happens at a tick boundary; every launch of a new
 instance (after a reclaim, a zone hop, a spot/on-demand switch) pays the changeover delay d
-at that instance's price before making progress. d is counted in whole ticks (rounded, at
-least one) so that the omniscient optimum can be computed exactly on the same grid.
+at that instance's price before making progress. d is exact, in seconds: a changeover that
+is not a whole number of ticks ends inside a tick, and the rest of that tick is work.
 Billing is per second; the last tick is billed up to the moment the job finishes.
 """
 
@@ -16,13 +16,32 @@ from typing import Sequence
 
 import numpy as np
 
-from spotrun.market.policy import IDLE, IDLE_KIND, ON_DEMAND_KIND, SPOT_KIND, JobSpec, Observation, Policy
+from spotrun.market.policy import IDLE, IDLE_KIND, ON_DEMAND_KIND, SPOT_KIND, Decision, JobSpec, Observation, Policy
 from spotrun.market.trace import Trace
 
 
-def changeover_ticks(changeover_s: float, gap_s: float) -> int:
-    """The changeover delay on the tick grid: rounded to whole ticks, at least one."""
-    return max(1, round(changeover_s / gap_s))
+# The optimum's grid must hold both the tick and d; finer than this many steps a tick, it
+# refuses rather than take minutes (a 1-second grid on 197-second ticks, say).
+MAX_STEPS_PER_TICK = 64
+
+
+def exact_grid(changeover_s: float, gap_s: float) -> tuple[float, int, int]:
+    """(step s, tick in steps, d in steps): the coarsest grid on which both are whole numbers.
+
+    The optimum counts slack on this grid, so it is exact for any d, not d rounded to ticks;
+    times are taken to the millisecond.
+    """
+    g_ms, d_ms = round(gap_s * 1000), round(changeover_s * 1000)
+    step = math.gcd(g_ms, d_ms)
+    if g_ms // step > MAX_STEPS_PER_TICK:
+        coarse = g_ms / MAX_STEPS_PER_TICK / 1000
+        raise ValueError(
+            f"the exact optimum needs a {step / 1000:g}s grid for changeover {changeover_s:g}s on {gap_s:g}s ticks "
+            f"({g_ms // step} steps a tick, at most {MAX_STEPS_PER_TICK}); give a changeover that shares a "
+            f"step of at least {coarse:.3g}s with the tick (a multiple of {gap_s / 2:g}s, {gap_s / 4:g}s, ...), "
+            "or leave out the optimum (--policies)"
+        )
+    return step / 1000, g_ms // step, d_ms // step
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,10 +128,62 @@ class RunResult:
         return self.on_demand_work_s / 3600
 
 
+@dataclass
+class Run:
+    """A job's progress through the market and its bill so far, one tick at a time."""
+
+    remaining: float
+    state: Decision = IDLE
+    overhead: float = 0.0  # changeover still to pay on the running instance
+    cost: float = 0.0
+    spot_s: float = 0.0
+    on_demand_s: float = 0.0
+    spot_work_s: float = 0.0
+    on_demand_work_s: float = 0.0
+    changeovers: int = 0
+    preemptions: int = 0
+    finish_s: float | None = None
+
+    def observe(self, t: float, deadline_s: float, d: float, avail: tuple[bool, ...], prices: tuple[float, ...],
+                od_price: float, g: float) -> Observation:
+        """What a policy sees at the start of a tick; a spot instance whose capacity is gone was reclaimed."""
+        if self.state.kind == SPOT_KIND and not avail[self.state.zone]:
+            self.state, self.overhead = IDLE, 0.0
+            self.preemptions += 1
+        return Observation(t, self.remaining, deadline_s - t, d, self.state, avail, prices, od_price, g, self.overhead)
+
+    def step(self, choice: Decision, obs: Observation) -> None:
+        """Run `choice` for the tick `obs` saw: a launch pays d first; the finishing tick is billed to the second."""
+        if choice.kind == SPOT_KIND and not obs.available[choice.zone]:
+            choice = IDLE  # no capacity: the launch fails and the job waits
+        if choice != self.state:
+            self.overhead = 0.0 if choice.kind == IDLE_KIND else obs.changeover_s
+            self.changeovers += choice.kind != IDLE_KIND
+            self.state = choice
+        if choice.kind == IDLE_KIND or self.finish_s is not None:
+            return
+        g = obs.tick_s
+        paid = min(self.overhead, g)
+        self.overhead -= paid
+        work = min(g - paid, self.remaining)
+        self.remaining -= work
+        billed = paid + work if self.remaining <= 0 else g
+        if self.remaining <= 0:
+            self.finish_s = obs.elapsed_s + billed
+        price = obs.on_demand_price if choice.kind == ON_DEMAND_KIND else obs.spot_prices[choice.zone]
+        self.cost += price * billed / 3600
+        if choice.kind == ON_DEMAND_KIND:
+            self.on_demand_s += billed
+            self.on_demand_work_s += work
+        else:
+            self.spot_s += billed
+            self.spot_work_s += work
+
+
 def simulate(policy: Policy, job: JobSpec, market: Market, start: int = 0) -> RunResult:
     """Run `job` from tick `start` under `policy`; a miss is finished on on-demand past the deadline."""
     g = market.gap_s
-    d = changeover_ticks(job.changeover_s, g) * g
+    d = job.changeover_s
     n = market.window_ticks(job)
     if not 0 <= start <= market.ticks - n:
         raise ValueError(
@@ -122,52 +193,22 @@ def simulate(policy: Policy, job: JobSpec, market: Market, start: int = 0) -> Ru
     price_rows = [tuple(r) for r in market.prices_at(job)[start : start + n].tolist()]
     od_price = job.on_demand_price
     policy.reset(job)
-    remaining, state, overhead = job.compute_s, IDLE, 0.0
-    cost = spot_s = od_s = spot_work = od_work = 0.0
-    changeovers = preemptions = 0
-    finish = None
+    run = Run(job.compute_s)
     for i in range(n):
-        t = i * g
-        avail = rows[i]
-        if state.kind == SPOT_KIND and not avail[state.zone]:
-            state, overhead = IDLE, 0.0
-            preemptions += 1
-        obs = Observation(t, remaining, job.deadline_s - t, d, state, avail, price_rows[i], od_price, g, overhead)
-        choice = policy.decide(obs)
-        if choice.kind == SPOT_KIND and not avail[choice.zone]:
-            choice = IDLE  # no capacity: the launch fails and the job waits
-        if choice != state:
-            overhead = 0.0 if choice.kind == IDLE_KIND else d
-            changeovers += choice.kind != IDLE_KIND
-            state = choice
-        if state.kind == IDLE_KIND:
-            continue
-        paid = min(overhead, g)
-        overhead -= paid
-        work = min(g - paid, remaining)
-        remaining -= work
-        billed = paid + work if remaining <= 0 else g
-        if remaining <= 0:
-            finish = t + billed
-        if state.kind == ON_DEMAND_KIND:
-            od_s += billed
-            od_work += work
-            cost += od_price * billed / 3600
-        else:
-            spot_s += billed
-            spot_work += work
-            cost += price_rows[i][state.zone] * billed / 3600
-        if finish is not None:
+        obs = run.observe(i * g, job.deadline_s, d, rows[i], price_rows[i], od_price, g)
+        run.step(policy.decide(obs), obs)
+        if run.finish_s is not None:
             break
+    finish = run.finish_s
     if finish is None:  # missed: finish on on-demand after the deadline so costs stay comparable
-        extra = remaining + (overhead if state.kind == ON_DEMAND_KIND else d)
-        od_s += extra
-        od_work += remaining
-        cost += od_price * extra / 3600
+        extra = run.remaining + (run.overhead if run.state.kind == ON_DEMAND_KIND else d)
+        run.on_demand_s += extra
+        run.on_demand_work_s += run.remaining
+        run.cost += od_price * extra / 3600
         finish = n * g + extra
     return RunResult(
-        policy=policy.name, market=market.name, start_tick=int(start), cost=cost,
-        spot_s=spot_s, on_demand_s=od_s, spot_work_s=spot_work, on_demand_work_s=od_work,
-        finish_s=finish, met_deadline=finish <= job.deadline_s + 1e-6,
-        changeovers=changeovers, preemptions=preemptions,
+        policy=policy.name, market=market.name, start_tick=int(start), cost=run.cost,
+        spot_s=run.spot_s, on_demand_s=run.on_demand_s, spot_work_s=run.spot_work_s,
+        on_demand_work_s=run.on_demand_work_s, finish_s=finish, met_deadline=finish <= job.deadline_s + 1e-6,
+        changeovers=run.changeovers, preemptions=run.preemptions,
     )

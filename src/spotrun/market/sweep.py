@@ -14,9 +14,9 @@ from spotrun.market.policy import JobSpec
 from spotrun.market.sim import Market, RunResult, simulate
 
 
-def _run(job: JobSpec, market: Market, policy: str, starts: np.ndarray) -> list[RunResult]:
+def _run(job: JobSpec, market: Market, policy: str, starts: np.ndarray, solver: str | None = None) -> list[RunResult]:
     if policy == OPTIMUM:
-        return solve(job, market, starts)
+        return solve(job, market, starts, solver)
     p = make(policy)
     return [simulate(p, job, market, int(s)) for s in starts]
 
@@ -29,16 +29,18 @@ def run_sweep(
     seed: int = 0,
     workers: int | None = None,
     on_done: Callable[[int], None] | None = None,
+    solver: str | None = None,
 ) -> list[RunResult]:
     """Every policy from the same random start ticks in every market (paired comparisons).
 
     Work is split per (market, policy) over `workers` processes (default: the CPU count, at
-    most 2 is what the benchmark assumes); `on_done(n_runs)` reports progress.
+    most 2 is what the benchmark assumes); `on_done(n_runs)` reports progress; `solver` picks
+    the optimum's (`tick` or `segment`; default the faster one for each market).
     """
     for p in policies:
         if p != OPTIMUM:
             make(p)  # unknown names fail here, before any work starts
-    tasks = [(job, m, p, m.random_starts(job, starts, seed + i)) for i, m in enumerate(markets) for p in policies]
+    tasks = [(job, m, p, m.random_starts(job, starts, seed + i), solver) for i, m in enumerate(markets) for p in policies]
     workers = workers or os.cpu_count() or 1
     results: list[RunResult] = []
     if workers <= 1 or len(tasks) == 1:

@@ -2,7 +2,9 @@
 
 Format (skypilot-org/spot-traces): `{"metadata": {"gap_seconds": N}, "data": [...], "prices": [...]}`.
 `data[i]` counts the spot instances available at tick i; a gang of N nodes runs only when the
-count equals N, so an N-node trace is reduced to one boolean per tick at load time.
+count equals N, so an N-node trace is reduced to one boolean per tick at load time. The gang
+size is said, never guessed: `--nodes`, else `metadata.nodes`, else the public traces' layout
+`<kind>/<N>-node/<date>/<zone>.json` (the file's grandparent folder, and only that folder).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-_NODES_IN_PATH = re.compile(r"(\d+)-node")
+_NODES_FOLDER = re.compile(r"(\d+)-node")
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,6 +32,7 @@ class Trace:
     available: np.ndarray  # bool, one per tick
     prices: np.ndarray | None = None  # spot $/h per tick, when the trace carries them
     nodes: int = 1
+    nodes_from: str = "default"  # where the gang size came from: --nodes, metadata, folder or default
 
     @property
     def ticks(self) -> int:
@@ -63,8 +66,12 @@ class Trace:
         return ended / held_h
 
 
-def parse_trace(data: Any, name: str = "trace", nodes: int | None = None) -> Trace:
-    """Check a decoded trace and build a Trace; every problem is a ValueError saying what to fix."""
+def parse_trace(data: Any, name: str = "trace", nodes: int | None = None, folder_nodes: int | None = None) -> Trace:
+    """Check a decoded trace and build a Trace; every problem is a ValueError saying what to fix.
+
+    The gang size is `nodes` (the user's `--nodes`), else `metadata.nodes`, else `folder_nodes`
+    (the `N-node` folder of the public layout); the last two must agree when both are there.
+    """
     where = f"trace {name}"
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a JSON object with 'metadata' and 'data'")
@@ -84,10 +91,7 @@ def parse_trace(data: Any, name: str = "trace", nodes: int | None = None) -> Tra
     if bad is not None:
         raise ValueError(f"{where}: 'data' values must be non-negative integers, found {bad!r}")
     counts = np.asarray(values, dtype=np.int64)
-    if nodes is None:
-        nodes = int(meta.get("nodes") or 0) or _nodes_from_name(name) or max(1, int(counts.max()))
-    if counts.max() > nodes:
-        raise ValueError(f"{where}: a count of {int(counts.max())} exceeds the gang size {nodes}")
+    nodes, nodes_from = _gang_size(where, meta, nodes, folder_nodes, int(counts.max()))
     prices = None
     if "prices" in data:
         raw = data["prices"]
@@ -100,15 +104,40 @@ def parse_trace(data: Any, name: str = "trace", nodes: int | None = None) -> Tra
             raise ValueError(f"{where}: 'prices' must be numbers ($/h)") from None
         if (prices < 0).any() or not np.isfinite(prices).all():
             raise ValueError(f"{where}: 'prices' must be finite and not negative")
-    return Trace(name=name, gap_s=float(gap), available=counts >= nodes, prices=prices, nodes=nodes)
+    return Trace(name=name, gap_s=float(gap), available=counts >= nodes, prices=prices, nodes=nodes,
+                 nodes_from=nodes_from)
 
 
-def _nodes_from_name(name: str) -> int | None:
-    m = _NODES_IN_PATH.search(name)
+def _gang_size(where: str, meta: dict, given: int | None, folder: int | None, most: int) -> tuple[int, str]:
+    """(gang size, where it came from); a count above it, or a multi-node trace nobody sized, is an error."""
+    said = meta.get("nodes")
+    if said is not None and (isinstance(said, bool) or not isinstance(said, int) or said < 1):
+        raise ValueError(f"{where}: metadata.nodes must be a positive integer, got {said!r}")
+    if said is not None and folder is not None and said != folder:
+        raise ValueError(f"{where}: metadata.nodes is {said} but the file sits in a {folder}-node folder; "
+                         "fix one of them or give --nodes")
+    if given is not None and given < 1:
+        raise ValueError(f"--nodes must be a positive integer, got {given}")
+    nodes, source = next(((n, s) for n, s in ((given, "--nodes"), (said, "metadata"), (folder, "folder"))
+                          if n is not None), (1, "default"))
+    if most > nodes:
+        hint = ("give --nodes N, set metadata.nodes, or store it as <kind>/<N>-node/<date>/<zone>.json"
+                if source == "default" else "check the gang size")
+        raise ValueError(f"{where}: a count of {most} exceeds the gang size {nodes} (from {source}): {hint}")
+    return nodes, source
+
+
+def folder_nodes(path: Path) -> int | None:
+    """N when the file sits in the public layout `<kind>/<N>-node/<date>/<zone>.json`, else None.
+
+    Only the grandparent folder counts, and only when its whole name is `N-node`: a folder
+    named `run-2-node-copies/` anywhere in the path says nothing about the gang.
+    """
+    m = _NODES_FOLDER.fullmatch(path.parent.parent.name)
     return int(m.group(1)) if m else None
 
 
-def read_trace(path: str | Path, name: str | None = None) -> Trace:
+def read_trace(path: str | Path, name: str | None = None, nodes: int | None = None) -> Trace:
     path = Path(path)
     try:
         text = path.read_text()
@@ -120,7 +149,7 @@ def read_trace(path: str | Path, name: str | None = None) -> Trace:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"trace {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    return parse_trace(data, name=name or str(path), nodes=_nodes_from_name(str(path)))
+    return parse_trace(data, name=name or str(path), nodes=nodes, folder_nodes=folder_nodes(path.absolute()))
 
 
 def _bundled_root() -> Path:
@@ -138,19 +167,19 @@ def bundled_kind(name: str) -> str:
     return bundled()[name].relative_to(_bundled_root()).parts[0]
 
 
-def load_trace(spec: str | Path) -> Trace:
-    """A bundled trace by name, or any trace file by path."""
+def load_trace(spec: str | Path, nodes: int | None = None) -> Trace:
+    """A bundled trace by name, or any trace file by path; `nodes` overrides the gang size."""
     table = bundled()
     key = str(spec).removesuffix(".json")
     if key in table:
-        return read_trace(table[key], name=key)
+        return read_trace(table[key], name=key, nodes=nodes)
     if Path(spec).exists():
-        return read_trace(spec)
+        return read_trace(spec, nodes=nodes)
     raise ValueError(f"no trace {spec!r}: give a file path or a bundled name ({', '.join(list(table)[:3])}, ...; "
                      "`spotrun simulate --list-traces` shows all)")
 
 
-def resolve(specs: list[str]) -> list[Trace]:
+def resolve(specs: list[str], nodes: int | None = None) -> list[Trace]:
     """Traces for names, globs over bundled names and their paths (`availability/*`), or files."""
     table = bundled()
     root = _bundled_root()
@@ -162,9 +191,9 @@ def resolve(specs: list[str]) -> list[Trace]:
             files = sorted(glob.glob(spec)) if not names else []
             if not names and not files:
                 raise ValueError(f"no trace matches {spec!r}")
-            found += [read_trace(table[n], name=n) for n in names] + [read_trace(f) for f in files]
+            found += [read_trace(table[n], name=n, nodes=nodes) for n in names] + [read_trace(f, nodes=nodes) for f in files]
         else:
-            found.append(load_trace(spec))
+            found.append(load_trace(spec, nodes))
     return found
 
 
