@@ -100,6 +100,29 @@ def _size(n: int) -> str:
     return str(n)
 
 
+async def snapshot_rows(store: Any, job: str) -> list[dict[str, Any]]:
+    """A job's snapshots, oldest first, as `ckpt ls --job --json` (and the dashboard) show them."""
+    pinned = await store.pins(job)
+    rows = []
+    for ref in await store.snapshots(job):
+        m = await store.manifest(ref)
+        rows.append(
+            {
+                "id": ref.id,
+                "attempt": ref.attempt,
+                "sequence": ref.sequence,
+                "created_at": m.created_at,
+                "files": len(m.files),
+                "size": m.total_size,
+                "host": m.host,
+                "pinned": ref.name in pinned,
+                "uploaded_bytes": m.extra.get("uploaded_bytes"),
+                "duration_s": m.extra.get("duration_s"),
+            }
+        )
+    return rows
+
+
 @ckpt.command("ls")
 def ls_cmd(
     store_url: str = STORE_ARG,
@@ -123,26 +146,7 @@ def ls_cmd(
             )
         return rows
 
-    async def snaps() -> list[dict[str, Any]]:
-        pinned = await store.pins(job)
-        rows = []
-        for ref in await store.snapshots(job):
-            m = await store.manifest(ref)
-            rows.append(
-                {
-                    "id": ref.id,
-                    "attempt": ref.attempt,
-                    "sequence": ref.sequence,
-                    "created_at": m.created_at,
-                    "files": len(m.files),
-                    "size": m.total_size,
-                    "host": m.host,
-                    "pinned": ref.name in pinned,
-                }
-            )
-        return rows
-
-    rows = _run(snaps if job else jobs)
+    rows = _run(lambda: snapshot_rows(store, job) if job else jobs())
     if json_out:
         print_json(rows)
         return
