@@ -35,7 +35,7 @@ def seed(db_url: str, n: int, names: str = "sweep-{i}") -> list[str]:
 
 def test_pages_filters_and_errors(db_url: str, dashboard) -> None:
     ids = seed(db_url, 120)
-    seed(db_url, 1, names="odd_50%_name")
+    seed(db_url, 1, names="odd_50%_name")  # FAILED too: 41 FAILED, 80 PENDING in all
     dash = dashboard()
 
     first = dash.get("/api/jobs?limit=50")
@@ -45,19 +45,19 @@ def test_pages_filters_and_errors(db_url: str, dashboard) -> None:
     last = dash.get("/api/jobs?limit=50&offset=100&order=oldest").json()
     assert [v["id"] for v in last] == ids[100:] + [last[-1]["id"]] and "link" not in dash.get("/api/jobs?limit=50&offset=100").headers
     failed = dash.get("/api/jobs?state=failed&limit=1000")
-    assert failed.headers["x-total-count"] == "40" and {v["status"] for v in failed.json()} == {"FAILED"}
+    assert failed.headers["x-total-count"] == "41" and {v["status"] for v in failed.json()} == {"FAILED"}
     both = dash.get("/api/jobs?state=FAILED,PENDING&limit=1").headers["x-total-count"]
     assert both == "121"
     assert [v["name"] for v in dash.get("/api/jobs", params={"q": "_50%"}).json()] == ["odd_50%_name"]
     assert dash.get("/api/jobs", params={"q": ids[7][:6]}).json()[0]["id"] == ids[7]
 
     summary = dash.get("/api/summary").json()
-    assert summary["states"]["FAILED"] == 40 and summary["states"]["PENDING"] == 81
-    assert summary["controller"]["active_jobs"] == 81
+    assert summary["states"]["FAILED"] == 41 and summary["states"]["PENDING"] == 80
+    assert summary["controller"]["active_jobs"] == 80
 
     families = {f.name: f for f in text_string_to_metric_families(dash.get("/metrics").text)}
     by_state = {s.labels["state"]: s.value for s in families["spotrun_jobs"].samples}
-    assert by_state["FAILED"] == 40 and by_state["PENDING"] == 81 and by_state["RUNNING"] == 0
+    assert by_state["FAILED"] == 41 and by_state["PENDING"] == 80 and by_state["RUNNING"] == 0
 
     missing = dash.get("/api/jobs/nope")
     assert missing.status_code == 404 and "no job 'nope'" in missing.json()["error"]

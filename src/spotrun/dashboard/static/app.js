@@ -45,6 +45,7 @@ function clock(ts) {
 
 function dur(sec) {
   if (sec == null) return "–";
+  if (sec < 1) return `${Math.round(sec * 1000)} ms`;
   if (sec < 60) return `${sec < 10 ? sec.toFixed(1) : Math.round(sec)}s`;
   const m = Math.floor(sec / 60), hr = Math.floor(m / 60);
   if (hr < 1) return `${m}m ${pad(Math.round(sec % 60))}s`;
