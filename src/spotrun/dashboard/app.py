@@ -56,6 +56,10 @@ class BadRequest(ValueError):
     pass
 
 
+class NotFound(LookupError):
+    pass
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -231,7 +235,7 @@ class Dashboard:
         attempt = _int(request, "attempt", numbers[-1], 1)
         chosen = next((a for a in launched if a[0] == attempt), None)
         if chosen is None:
-            raise LookupError(f"job {job.id} has no attempt {attempt} (it has: {', '.join(map(str, numbers))})")
+            raise NotFound(f"job {job.id} has no attempt {attempt} (it has: {', '.join(map(str, numbers))})")
         text = read_attempt_log(job.id, attempt, chosen[1])
         start, truncated = (0 if offset > len(text) else offset), False
         if start == 0 and len(text) > MAX_LOG_CHARS:
@@ -260,7 +264,10 @@ class Dashboard:
             job_id = await run_in_threadpool(repo.request_resume, self.db, ref)
         elif action == "interrupt":
             lead = body.get("lead_time")
-            lead_s = None if lead in (None, "") else parse_duration(lead)
+            try:
+                lead_s = None if lead in (None, "") else parse_duration(lead)
+            except ValueError as exc:
+                raise BadRequest(f"lead_time: {exc}") from None
             sent = await run_in_threadpool(interrupt_job, self.db, ref, lead_s)
             return JSONResponse({"action": action, **sent})
         else:
@@ -281,8 +288,7 @@ def _exception_handlers() -> dict:
         return handle
 
     return {
-        BadRequest: handler(400), ValueError: handler(400),
-        repo.JobNotFound: handler(404), LookupError: handler(404),
+        BadRequest: handler(400), repo.JobNotFound: handler(404), NotFound: handler(404),
         repo.JobStateError: handler(409),
         DatabaseError: handler(503), ControllerError: handler(503), StoreError: handler(502),
     }

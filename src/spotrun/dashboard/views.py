@@ -111,9 +111,11 @@ def job_progress(db: Database, ref: str) -> dict[str, Any]:
             "seconds_per_step": round(run_s / distinct, 4) if distinct else None,
         })
     lost = []
-    for cur, nxt in zip(rows, rows[1:]):
+    for i, cur in enumerate(rows):
         if cur["cause"] not in (Cause.RECLAIM.value, Cause.SWITCH.value):
             continue
+        # the next attempt that got as far as a step (one reclaimed while starting reports none)
+        nxt = next((r for r in rows[i + 1:] if r["first"] is not None), {"first": None})
         steps = None
         if cur["last"] is not None and nxt["first"] is not None:
             steps = max(0, cur["last"] - nxt["first"] + 1)
@@ -203,12 +205,13 @@ def _over_time(reclaims: list[Any], key: Any, now: float, buckets: int) -> dict[
     if not reclaims:
         return {"start": now, "bucket_s": 60, "buckets": 0, "series": []}
     first = min(a.ended_at for a in reclaims)
-    size = _bucket_s(now - first, buckets)
+    last = max(now, *(a.ended_at for a in reclaims))  # another controller's clock may run ahead
+    size = _bucket_s(last - first, buckets)
     start = (first // size) * size
-    n = int((now - start) // size) + 1
+    n = int((last - start) // size) + 1
     series: dict[str, list[int]] = defaultdict(lambda: [0] * n)
     for a in reclaims:
-        series[key(a)][min(n - 1, int((a.ended_at - start) // size))] += 1
+        series[key(a)][int((a.ended_at - start) // size)] += 1
     return {
         "start": start, "bucket_s": size, "buckets": n,
         "series": [{"key": k, "counts": v} for k, v in sorted(series.items(), key=lambda kv: -sum(kv[1]))],

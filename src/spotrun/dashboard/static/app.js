@@ -520,7 +520,6 @@ function logPanel(ref) {
       const have = [...tabs.querySelectorAll("button")].map((b) => Number(b.dataset.attempt));
       if (numbers.join() !== have.join()) {
         tabs.replaceChildren(...numbers.map((n) => h("button", { class: "btn", "data-attempt": n, onclick: () => { chosenByUser = true; choose(n); } }, `attempt ${n}`)), followLabel);
-        if (!numbers.length) pre.textContent = "no output yet";
         const want = chosenByUser && numbers.includes(attempt) ? attempt : numbers[numbers.length - 1];
         if (want != null) choose(want);
       }
@@ -573,7 +572,7 @@ function fleetPage(main) {
         ["od", `on-demand ${pct(f.hours.on_demand).toFixed(0)}% · ${f.hours.on_demand.toFixed(2)} h · ${money(f.cost.on_demand)}`]]),
       h("p", {}, "Saved ", h("b", { class: "saving" }, money(f.cost.saving)), ` against running the same hours on-demand (${money(f.cost.on_demand_equivalent)}).`));
     zones.replaceChildren(table([["Provider / zone"], ["Attempts", 1], ["Reclaims", 1], ["Errors", 1], ["Spot h", 1], ["On-demand h", 1], ["Reclaims / spot h", 1]],
-      f.zones.map((z) => h("tr", { "data-zone": z.zone }, h("td", {}, `${z.provider} / ${z.zone}`), h("td", { class: "r" }, num(z.attempts)),
+      f.zones.map((z) => h("tr", { "data-zone": z.zone }, h("td", { class: "nw" }, `${z.provider} / ${z.zone}`), h("td", { class: "r" }, num(z.attempts)),
         h("td", { class: "r" }, z.reclaims ? h("span", { class: "cause reclaim" }, num(z.reclaims)) : "0"), h("td", { class: "r" }, num(z.errors)),
         h("td", { class: "r" }, z.spot_hours.toFixed(2)), h("td", { class: "r" }, z.on_demand_hours.toFixed(2)),
         h("td", { class: "r" }, z.reclaims_per_spot_hour ?? "–"))), "no attempt has run yet"));
