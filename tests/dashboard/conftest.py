@@ -4,6 +4,7 @@ Playwright (never `playwright install`: the browser comes from the system's pack
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -83,6 +84,12 @@ class Dashboard:
     def post(self, path: str, **kw) -> httpx.Response:
         return httpx.post(f"{self.url}{path}", timeout=WAIT_S, **kw)
 
+    def __enter__(self) -> Dashboard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -94,13 +101,6 @@ class Dashboard:
 
 @pytest.fixture
 def dashboard(spotrun_home: Path) -> Iterator[Callable[..., Dashboard]]:
-    started: list[Dashboard] = []
-
-    def start(extra: list[str] | None = None, env: dict[str, str] | None = None) -> Dashboard:
-        d = Dashboard(spotrun_home, extra, env)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        d.stop()
+    """Start dashboards with `dashboard(extra_args, env)`; all are stopped after the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda extra=None, env=None: stack.enter_context(Dashboard(spotrun_home, extra, env))

@@ -578,7 +578,7 @@ function fleetPage(main) {
         h("td", { class: "r" }, z.reclaims_per_spot_hour ?? "–"))), "no attempt has run yet"));
     decisions.replaceChildren(table([["Time"], ["Job"], ["Attempt", 1], ["Decision"]], f.decisions.map((d) => h("tr", {},
       h("td", { class: "mono" }, clock(d.at)), h("td", {}, h("a", { href: `/jobs/${d.job_id}`, "data-link": true }, d.job_name)),
-      h("td", { class: "r" }, d.attempt ?? ""), h("td", { class: `kind ${d.kind}` }, d.message))),
+      h("td", { class: "r" }, d.attempt ?? ""), h("td", { class: "dmsg" }, d.message))),
       "no decisions yet: jobs with `spot: auto` and a deadline let the policy choose spot or on-demand"));
     draw();
   });
