@@ -87,8 +87,10 @@ def test_loopback_only_unless_a_token_guards_it(spotrun_cmd: list[str], spotrun_
 
     open_ = dashboard()
     assert open_.get("/api/jobs").status_code == 200
-    rebound = open_.get("/api/jobs", headers={"host": "evil.example"})
-    assert rebound.status_code == 400  # DNS rebinding: a foreign Host never reaches the API
+    for foreign in ("evil.example", "evil.example:8765", "127.0.0.1.evil.example", "["):
+        rebound = open_.get("/api/jobs", headers={"host": foreign})
+        assert rebound.status_code == 400, foreign  # DNS rebinding: a foreign Host never reaches the API
+    assert open_.get("/api/jobs", headers={"host": f"localhost:{open_.port}"}).status_code == 200
     page = open_.get("/")
     assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
     taken = subprocess.run([*spotrun_cmd, "dashboard", "--port", str(open_.port)], capture_output=True, text=True, timeout=WAIT_S)

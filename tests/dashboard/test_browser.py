@@ -96,6 +96,15 @@ def test_reclaim_relaunch_and_cancel_from_the_page(
     assert idle.status() == "CANCELLED"
     assert page.locator('button[data-action="resume"]').is_visible()
 
+    page.goto(dash.url + "/")  # the filters: only the cancelled job, then by name only the other
+    page.click('button[data-filter="CANCELLED"]')
+    page.wait_for_selector(f'tr[data-job="{train.id}"]', state="detached", timeout=PAGE_WAIT_MS)
+    assert page.locator("tr[data-job]").count() == 1
+    page.click('button[data-filter="CANCELLED"]')
+    page.fill("input.search", "train-")
+    page.wait_for_selector(f'tr[data-job="{idle.id}"]', state="detached", timeout=PAGE_WAIT_MS)
+    assert page.locator(f'tr[data-job="{train.id}"]').is_visible()
+
     page.goto(dash.url + "/fleet")
     page.wait_for_selector("svg.reclaims rect[data-series]", timeout=PAGE_WAIT_MS, state="attached")
     page.screenshot(path=artifacts / "fleet.png", full_page=True)

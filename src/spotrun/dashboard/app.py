@@ -20,13 +20,12 @@ import hmac
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -41,7 +40,7 @@ from spotrun.dashboard.metrics import make_registry
 STATIC = Path(__file__).parent / "static"
 ACTION_HEADER = "x-spotrun-action"
 COOKIE = "spotrun_dashboard"
-LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 INTERRUPTIBLE = ("local", "sim")  # providers whose market can reclaim on request
 MAX_LOG_CHARS = 256 * 1024
 SECURITY_HEADERS = [
@@ -77,12 +76,20 @@ def _int(request: Request, name: str, default: int, lo: int = 0, hi: int | None 
     return value
 
 
-class Guard:
-    """Token check, action header check and security headers, in front of every route."""
+def _loopback_host(header: str) -> bool:
+    try:
+        return urlsplit(f"//{header}").hostname in LOOPBACK_HOSTS
+    except ValueError:  # not even a host name
+        return False
 
-    def __init__(self, app: ASGIApp, token: str | None):
+
+class Guard:
+    """Host, token and action header checks, and security headers, in front of every route."""
+
+    def __init__(self, app: ASGIApp, token: str | None, loopback: bool):
         self.app = app
         self.token = token
+        self.loopback = loopback
         self.cookie = hmac.new(token.encode(), b"spotrun-dashboard", hashlib.sha256).hexdigest() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -90,6 +97,9 @@ class Guard:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
+        if self.loopback and not _loopback_host(request.headers.get("host", "")):
+            await _error(400, "this dashboard answers only to 127.0.0.1 / localhost")(scope, receive, send)
+            return
         if self.token is not None:
             given = request.query_params.get("token")
             if given is not None and request.method == "GET" and hmac.compare_digest(given.encode(), self.token.encode()):
@@ -297,9 +307,7 @@ def _exception_handlers() -> dict:
 def create_app(db_url: str | None = None, *, token: str | None = None, loopback: bool = True) -> Starlette:
     """The dashboard app; `loopback` serves only loopback Host names, `token` guards everything."""
     dashboard = Dashboard(Database(db_url))
-    middleware = [Middleware(Guard, token=token)]
-    if loopback:
-        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS))
+    middleware = [Middleware(Guard, token=token, loopback=loopback)]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
