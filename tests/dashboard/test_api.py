@@ -33,7 +33,16 @@ def seed(db_url: str, n: int, names: str = "sweep-{i}") -> list[str]:
         db.close()
 
 
-def test_pages_filters_and_errors(db_url: str, dashboard) -> None:
+@pytest.fixture
+def stops_daemon(providers: dict):
+    """For a test whose actions start the background controller (as `spotrun resume` does)."""
+    from spotrun.controller.service import stop_daemon
+
+    yield
+    stop_daemon()
+
+
+def test_pages_filters_and_errors(db_url: str, dashboard, stops_daemon) -> None:
     ids = seed(db_url, 120)
     seed(db_url, 1, names="odd_50%_name")  # FAILED too: 41 FAILED, 80 PENDING in all
     dash = dashboard()
@@ -75,6 +84,14 @@ def test_pages_filters_and_errors(db_url: str, dashboard) -> None:
     assert finished.status_code == 409 and "no running instance" in finished.json()["error"]
     assert dash.post(f"/api/jobs/{ids[0]}/cancel", headers=act).status_code == 409  # FAILED already
     assert dash.post(f"/api/jobs/{ids[0]}/explode", headers=act).status_code == 404
+    assert dash.post(f"/api/jobs/{ids[0]}/interrupt", headers=act, json={"lead_time": "soon"}).status_code == 400
+    db = Database(db_url)  # the controller resume starts should run one job, not all 80 waiting
+    with db.session() as s:
+        s.execute(update(Job).where(Job.status == "PENDING").values(status="CANCELLED", finished_at=time.time()))
+    db.close()
+    resumed = dash.post(f"/api/jobs/{ids[0]}/resume", headers=act)
+    assert resumed.json() == {"action": "resume", "id": ids[0], "status": "PENDING"}
+    assert dash.get("/api/controller").json()["running"] is True  # started to act on it, as the CLI does
 
 
 def test_loopback_only_unless_a_token_guards_it(spotrun_cmd: list[str], spotrun_home, dashboard) -> None:
