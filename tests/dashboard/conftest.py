@@ -50,7 +50,8 @@ def page(browser) -> Iterator[object]:
     p = context.new_page()
     errors: list[str] = []
     p.on("pageerror", lambda exc: errors.append(str(exc)))
-    p.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
+    # An API answering 4xx is logged by the browser too; the page shows those itself.
+    p.on("console", lambda msg: msg.type == "error" and "/api/" not in msg.location.get("url", "") and errors.append(msg.text))
     yield p
     context.close()
     assert not errors, f"the page logged errors: {errors}"

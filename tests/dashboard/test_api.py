@@ -73,6 +73,7 @@ def test_pages_filters_and_errors(db_url: str, dashboard, stops_daemon) -> None:
     bad = dash.get("/api/jobs?limit=lots")
     assert bad.status_code == 400 and bad.json() == {"error": "limit='lots' is not a whole number"}
     assert dash.get("/api/jobs?limit=0").status_code == 400
+    assert "not a job state" in dash.get("/api/jobs?state=RUNING").json()["error"]
     assert dash.get(f"/api/jobs/{ids[1]}/logs").json()["attempts"] == []
     assert dash.get(f"/api/jobs/{ids[1]}/progress").json() == {"id": ids[1], "source": "none", "attempts": [], "lost": []}
     assert dash.get(f"/api/jobs/{ids[1]}/snapshots").json()["note"] == "this job keeps no checkpoints"

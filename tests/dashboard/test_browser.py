@@ -105,6 +105,9 @@ def test_reclaim_relaunch_and_cancel_from_the_page(
     page.wait_for_selector(f'tr[data-job="{idle.id}"]', state="detached", timeout=PAGE_WAIT_MS)
     assert page.locator(f'tr[data-job="{train.id}"]').is_visible()
 
+    page.goto(dash.url + "/jobs/no-such-job")
+    assert "no job 'no-such-job'" in page.wait_for_selector("#notfound", timeout=PAGE_WAIT_MS).inner_text()
+
     page.goto(dash.url + "/fleet")
     page.wait_for_selector("svg.reclaims rect[data-series]", timeout=PAGE_WAIT_MS, state="attached")
     page.screenshot(path=artifacts / "fleet.png", full_page=True)

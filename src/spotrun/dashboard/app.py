@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from spotrun.controller import repo
 from spotrun.controller.db import Database, DatabaseError
+from spotrun.controller.models import JobStatus
 from spotrun.dashboard import views
 from spotrun.dashboard.metrics import make_registry
 
@@ -173,6 +174,9 @@ class Dashboard:
         limit = _int(request, "limit", 100, 1, views.MAX_PAGE)
         offset = _int(request, "offset", 0)
         states = [s for s in request.query_params.getlist("state") for s in s.upper().split(",") if s]
+        unknown = sorted(set(states) - {s.value for s in JobStatus})
+        if unknown:
+            raise BadRequest(f"state={','.join(unknown)} is not a job state (use {', '.join(s.value for s in JobStatus)})")
         order = request.query_params.get("order", "newest")
         if order not in ("newest", "oldest"):
             raise BadRequest(f"order={order!r}: use newest or oldest")

@@ -77,7 +77,7 @@ function toast(message, kind = "") {
 async function api(path, options = {}) {
   const res = await fetch(path, { credentials: "same-origin", ...options });
   const body = res.headers.get("content-type")?.includes("json") ? await res.json() : await res.text();
-  if (!res.ok) throw new Error(body?.error || `${res.status} ${res.statusText}`);
+  if (!res.ok) throw Object.assign(new Error(body?.error || `${res.status} ${res.statusText}`), { status: res.status });
   return { body, headers: res.headers };
 }
 
@@ -311,8 +311,17 @@ function jobPage(main, ref) {
     logs.el,
   );
   const tick = every(POLL_MS, async () => {
-    const [{ body: v }, { body: p }] = await Promise.all([
-      api(`/api/jobs/${encodeURIComponent(ref)}`), api(`/api/jobs/${encodeURIComponent(ref)}/progress`), refreshController()]);
+    let v, p;
+    try {
+      [{ body: v }, { body: p }] = await Promise.all([
+        api(`/api/jobs/${encodeURIComponent(ref)}`), api(`/api/jobs/${encodeURIComponent(ref)}/progress`), refreshController()]);
+    } catch (err) {
+      if (err.status === 404) {  // a mistyped or ambiguous id: say so instead of a blank page
+        timers.forEach(clearInterval);
+        main.replaceChildren(head, h("p", { class: "reason", id: "notfound" }, err.message));
+      }
+      throw err;
+    }
     document.title = `${v.name} · spotrun`;
     head.replaceChildren(
       h("a", { href: "/", "data-link": true }, "Jobs"), h("span", { class: "muted" }, " / "), v.name, h("span", { class: "id" }, v.id), badge(v.status),
