@@ -311,9 +311,9 @@ function jobPage(main, ref) {
     logs.el,
   );
   const tick = every(POLL_MS, async () => {
-    let v, p;
+    let v, p, summary;
     try {
-      [{ body: v }, { body: p }] = await Promise.all([
+      [{ body: v }, { body: p }, summary] = await Promise.all([
         api(`/api/jobs/${encodeURIComponent(ref)}`), api(`/api/jobs/${encodeURIComponent(ref)}/progress`), refreshController()]);
     } catch (err) {
       if (err.status === 404) {  // a mistyped or ambiguous id: say so instead of a blank page
@@ -325,7 +325,7 @@ function jobPage(main, ref) {
     document.title = `${v.name} · spotrun`;
     head.replaceChildren(
       h("a", { href: "/", "data-link": true }, "Jobs"), h("span", { class: "muted" }, " / "), v.name, h("span", { class: "id" }, v.id), badge(v.status),
-      h("span", { class: "actions" }, actionButtons(v, () => setTimeout(tick, 300))),
+      h("span", { class: "actions" }, actionButtons(v, summary.interruptible, () => setTimeout(tick, 300))),
     );
     cards.replaceChildren(
       card("Attempts", num(v.attempts), `${v.provider} provider`),
@@ -358,10 +358,10 @@ function jobPage(main, ref) {
   });
 }
 
-function actionButtons(v, after) {
+function actionButtons(v, interruptible, after) {
   const live = v.attempt_list.find((a) => a.ended_at == null && a.instance_id);
   const btns = [];
-  if (!TERMINAL.has(v.status) && live && live.spot && v.provider === "local")
+  if (!TERMINAL.has(v.status) && live && live.spot && interruptible.includes(v.provider))
     btns.push(h("button", { class: "btn warn", "data-action": "interrupt", onclick: () => act("interrupt", v, after) }, "Interrupt"));
   if (!TERMINAL.has(v.status) && v.status !== "CANCELLING")
     btns.push(h("button", { class: "btn danger", "data-action": "cancel", onclick: () => act("cancel", v, after) }, "Cancel"));
