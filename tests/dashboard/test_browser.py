@@ -111,8 +111,11 @@ def test_reclaim_relaunch_and_cancel_from_the_page(
     assert "no job 'no-such-job'" in page.wait_for_selector("#notfound", timeout=PAGE_WAIT_MS).inner_text()
 
     page.goto(dash.url + "/fleet")
-    page.wait_for_selector("svg.reclaims rect[data-series]", timeout=PAGE_WAIT_MS, state="attached")
+    page.wait_for_selector('svg.reclaims rect[data-series="local/default"]', timeout=PAGE_WAIT_MS, state="attached")
     page.screenshot(path=artifacts / "fleet.png", full_page=True)
+    page.click("button:has-text('by instance type')")
+    page.wait_for_selector('svg.reclaims rect[data-series="default"]', timeout=PAGE_WAIT_MS, state="attached")
+    assert page.locator('tr[data-zone="default"] td').nth(2).inner_text() == "1"  # its one reclaim
 
     # The API is the CLI's --json; /metrics agrees with the database.
     assert dash.get("/api/jobs?order=oldest").json() == cli_json(spotrun_cmd, "jobs")
