@@ -103,9 +103,13 @@ def test_reclaim_relaunch_and_cancel_from_the_page(
     page.click('button[data-filter="SUCCEEDED"]')
     page.wait_for_selector("td.empty:has-text('no job matches these filters')", timeout=PAGE_WAIT_MS)
     page.click('button[data-filter="SUCCEEDED"]')
+    page.wait_for_selector(f'tr[data-job="{idle.id}"]', timeout=PAGE_WAIT_MS)
     page.fill("input.search", "train-")
     page.wait_for_selector(f'tr[data-job="{idle.id}"]', state="detached", timeout=PAGE_WAIT_MS)
     assert page.locator("tr[data-job]").count() == 1 and page.locator(f'tr[data-job="{train.id}"]').is_visible()
+    before = page.inner_text("#live")  # after the next live refresh, the search box still has the focus
+    page.wait_for_function("t => document.getElementById('live').textContent !== t", arg=before, timeout=PAGE_WAIT_MS)
+    assert page.evaluate("document.activeElement.classList.contains('search')")
 
     page.goto(dash.url + "/jobs/no-such-job")
     assert "no job 'no-such-job'" in page.wait_for_selector("#notfound", timeout=PAGE_WAIT_MS).inner_text()

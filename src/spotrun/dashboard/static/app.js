@@ -110,9 +110,13 @@ let timers = [];
 let lastUpdate = 0;
 
 function every(ms, fn) {
-  let busy = false;
+  let busy = false, again = false;
   const tick = async () => {
-    if (document.hidden || busy) return;
+    if (document.hidden) return;
+    if (busy) {  // a click or filter while a refresh is in flight: refresh again right after it
+      again = true;
+      return;
+    }
     busy = true;
     try {
       await fn();
@@ -122,6 +126,10 @@ function every(ms, fn) {
       markLive(err);
     } finally {
       busy = false;
+      if (again) {
+        again = false;
+        tick();
+      }
     }
   };
   tick();
@@ -217,11 +225,12 @@ function jobsPage(main) {
   const params = new URLSearchParams(location.search);
   const state = { states: new Set((params.get("state") || "").split(",").filter(Boolean)), q: params.get("q") || "", offset: Number(params.get("offset") || 0) };
   const cards = h("div", { class: "cards" });
-  const chips = h("div", { class: "filters" });
+  const chips = h("span", { class: "filters" });
+  // The search box stays put while the chips around it refresh, so typing keeps its focus.
   const search = h("input", { class: "search", type: "search", placeholder: "Filter by name or id…", value: state.q, "aria-label": "filter jobs" });
   const holder = h("div");
   const pager = h("div", { class: "pager" });
-  main.append(h("h1", {}, "Jobs"), cards, chips, holder, pager);
+  main.append(h("h1", {}, "Jobs"), cards, h("div", { class: "filters" }, chips, h("span", { class: "spacer" }), search), holder, pager);
 
   const syncUrl = () => {
     const p = new URLSearchParams();
@@ -257,8 +266,6 @@ function jobsPage(main) {
         class: `chip ${state.states.has(st) ? "on" : ""}`, "data-filter": st,
         onclick: () => { state.states.has(st) ? state.states.delete(st) : state.states.add(st); state.offset = 0; syncUrl(); refresh(); },
       }, st.toLowerCase(), h("span", { class: "n" }, num(counts[st])))),
-      h("span", { class: "spacer" }),
-      search,
     );
     const matched = Number(page.headers.get("x-total-count") || rows.length);
     holder.replaceChildren(table(
