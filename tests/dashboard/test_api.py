@@ -132,3 +132,52 @@ def test_loopback_only_unless_a_token_guards_it(spotrun_cmd: list[str], spotrun_
 def test_bad_port_is_one_line(spotrun_cmd: list[str], bad_port: str) -> None:
     proc = subprocess.run([*spotrun_cmd, "dashboard", "--port", bad_port], capture_output=True, text=True, timeout=WAIT_S)
     assert proc.returncode == 2 and "--port" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_fleet_and_metrics_aggregate_attempts_and_events(db_url: str, dashboard) -> None:
+    """Known attempts and events, as the reconciler writes them: one job reclaimed in zone a (notice
+    3 s before its relaunch), one failing on-demand in zone b, one policy decision."""
+    from spotrun.controller.models import Attempt, Event
+
+    spot_job, od_job = seed(db_url, 2)
+    t = time.time() - 3600
+    db = Database(db_url)
+    with db.session() as s:
+        def attempt(job: str, n: int, spot: bool, zone: str, start: float, end: float, cause: str) -> None:
+            s.add(Attempt(job_id=job, number=n, token=f"{job}-{n}", instance_id=f"i-{job}-{n}", spot=spot, zone=zone,
+                          instance_type="g5.xlarge", price=0.3 if spot else 1.0, on_demand_price=1.0, created_at=start,
+                          started_at=start, ended_at=end, cause=cause))
+
+        attempt(spot_job, 1, True, "a", t, t + 1800, "reclaim")
+        attempt(spot_job, 2, True, "a", t + 1803, t + 3600, "success")
+        attempt(od_job, 1, False, "b", t, t + 900, "error")
+        for job, n, at, kind in ((spot_job, 1, t + 1800, "notice"), (spot_job, 1, t + 1800.5, "reclaim"),
+                                 (spot_job, 2, t + 1803, "launched"), (od_job, None, t + 5, "decision")):
+            s.add(Event(job_id=job, attempt=n, at=at, kind=kind, message=f"{kind} message"))
+    db.close()
+    dash = dashboard()
+
+    fleet = dash.get("/api/fleet").json()
+    assert fleet["hours"] == {"spot": pytest.approx(3597 / 3600, abs=1e-4), "on_demand": 0.25}
+    assert fleet["cost"]["on_demand"] == pytest.approx(0.25) and fleet["cost"]["spot"] == pytest.approx(0.3 * 3597 / 3600, abs=1e-4)
+    assert fleet["cost"]["saving"] == pytest.approx(0.7 * 3597 / 3600, abs=1e-4)
+    zones = {z["zone"]: (z["attempts"], z["reclaims"], z["errors"]) for z in fleet["zones"]}
+    assert zones == {"a": (2, 1, 0), "b": (1, 0, 1)}
+    over_time = fleet["reclaims_over_time"]
+    assert [(s["key"], sum(s["counts"])) for s in over_time["zone"]["series"]] == [("local/a", 1)]
+    assert [s["key"] for s in over_time["instance_type"]["series"]] == ["g5.xlarge"]
+    assert [(d["job_id"], d["message"]) for d in fleet["decisions"]] == [(od_job, "decision message")]
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(dash.get("/metrics").text) for s in f.samples}
+    local = (("provider", "local"),)
+    assert samples[("spotrun_notice_to_relaunch_seconds_count", local)] == 1
+    assert samples[("spotrun_notice_to_relaunch_seconds_sum", local)] == pytest.approx(3.0)
+    assert samples[("spotrun_notice_to_relaunch_seconds_bucket", (("le", "2.0"), *local))] == 0
+    assert samples[("spotrun_notice_to_relaunch_seconds_bucket", (("le", "5.0"), *local))] == 1
+    assert samples[("spotrun_reclaims_total", (*local, ("zone", "a")))] == 1
+    assert samples[("spotrun_errors_total", (*local, ("zone", "b")))] == 1
+    assert samples[("spotrun_attempts_total", (("capacity", "spot"), *local, ("zone", "a")))] == 2
+    assert samples[("spotrun_attempts_total", (("capacity", "on_demand"), *local, ("zone", "b")))] == 1
+    assert samples[("spotrun_on_demand_cost_dollars_total", (("capacity", "on_demand"), *local))] == pytest.approx(0.25)
+    assert samples[("spotrun_saving_dollars", local)] == pytest.approx(fleet["cost"]["saving"], abs=1e-6)

@@ -16,6 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import select
 
 from spotrun.controller import repo
@@ -112,7 +113,7 @@ def _relaunch_histogram(events: list[Any], provider_of: dict[str, str]) -> Histo
         "spotrun_notice_to_relaunch_seconds", "From a reclaim notice to the next attempt's launch.", labels=["provider"]
     )
     for provider, values in sorted(per.items()):
-        buckets = [(str(b), sum(v <= b for v in values)) for b in RELAUNCH_BUCKETS]
+        buckets = [(floatToGoString(b), sum(v <= b for v in values)) for b in RELAUNCH_BUCKETS]
         h.add_metric([provider], [*buckets, ("+Inf", len(values))], sum(values))
     return h
 
