@@ -100,6 +100,34 @@ def _size(n: int) -> str:
     return str(n)
 
 
+async def snapshot_rows(store: Any, job: str) -> list[dict[str, Any]]:
+    """A job's snapshots, oldest first, as `ckpt ls --job --json` (and the dashboard) show them.
+    One bad manifest hides none of the others: it is listed with `invalid` set to the reason."""
+    from spotrun.store import HostileManifest, NoSnapshot
+
+    pinned = await store.pins(job)
+    rows = []
+    for ref in await store.snapshots(job):
+        row: dict[str, Any] = {"id": ref.id, "attempt": ref.attempt, "sequence": ref.sequence}
+        try:
+            m = await store.manifest(ref)
+        except (HostileManifest, NoSnapshot) as exc:
+            row.update(created_at=None, files=None, size=None, host=None, uploaded_bytes=None, duration_s=None)
+            row["invalid"] = str(exc)
+        else:
+            row.update(
+                created_at=m.created_at,
+                files=len(m.files),
+                size=m.total_size,
+                host=m.host,
+                uploaded_bytes=m.extra.get("uploaded_bytes"),
+                duration_s=m.extra.get("duration_s"),
+                invalid=None,
+            )
+        rows.append({**row, "pinned": ref.name in pinned})
+    return rows
+
+
 @ckpt.command("ls")
 def ls_cmd(
     store_url: str = STORE_ARG,
@@ -127,25 +155,7 @@ def ls_cmd(
             )
         return rows
 
-    async def snaps() -> list[dict[str, Any]]:
-        from spotrun.store import HostileManifest, NoSnapshot
-
-        pinned = await store.pins(job)
-        rows = []
-        for ref in await store.snapshots(job):
-            row: dict[str, Any] = {"id": ref.id, "attempt": ref.attempt, "sequence": ref.sequence}
-            try:
-                m = await store.manifest(ref)
-            except (HostileManifest, NoSnapshot) as exc:  # one bad manifest hides none of the others
-                row.update(created_at=None, files=None, size=None, host=None, invalid=str(exc))
-            else:
-                row.update(
-                    created_at=m.created_at, files=len(m.files), size=m.total_size, host=m.host, invalid=None
-                )
-            rows.append({**row, "pinned": ref.name in pinned})
-        return rows
-
-    rows = _run(snaps if job else jobs)
+    rows = _run(lambda: snapshot_rows(store, job) if job else jobs())
     if json_out:
         print_json(rows)
         return

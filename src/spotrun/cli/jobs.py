@@ -246,28 +246,37 @@ def interrupt(
 
     The job should save on the notice and continue on a new instance: the way to test recovery.
     """
+    lead = duration_arg(lead_time) if lead_time is not None else None
+    with _user_errors():
+        sent = interrupt_job(_db(), job, lead)
+    console.print(f"reclaim notice sent to {sent['instance_id']} (job {sent['id']}, attempt {sent['attempt']})")
+
+
+def interrupt_job(db: Any, ref: str, lead: float | None = None) -> dict[str, Any]:
+    """Send the cloud's reclaim notice to the job's live instance (`spotrun interrupt`, the
+    dashboard's Interrupt). JobStateError when nothing runs; the spec's lead time by default."""
     import asyncio
 
     from spotrun.controller.models import JobStatus
-    from spotrun.controller.repo import attempts_of, find_job
+    from spotrun.controller.repo import JobStateError, attempts_of, find_job
     from spotrun.controller.service import make_providers
     from spotrun.controller.spec import JobSpec
 
-    lead = duration_arg(lead_time) if lead_time is not None else None
-    with _user_errors():
-        with _db().session() as s:
-            j = find_job(s, job)
-            live = [a for a in attempts_of(s, j.id) if a.ended_at is None and a.instance_id]
-            spec = JobSpec.model_validate_json(j.spec)
-        if not live or JobStatus(j.status).terminal:
-            fail(f"job {j.id} has no running instance to interrupt (it is {j.status})")
-        provider = make_providers()[j.provider]
-        lead = lead if lead is not None else spec.notice.lead_time
-        try:
-            asyncio.run(provider.interrupt(live[-1].instance_id, lead))
-        except Exception as exc:  # noqa: BLE001  the instance may have ended a moment ago
-            fail(f"could not interrupt {live[-1].instance_id}: {exc or type(exc).__name__}; `spotrun status {j.id}` shows where it is")
-    console.print(f"reclaim notice sent to {live[-1].instance_id} (job {j.id}, attempt {live[-1].number})")
+    with db.session() as s:
+        j = find_job(s, ref)
+        live = [a for a in attempts_of(s, j.id) if a.ended_at is None and a.instance_id]
+        spec = JobSpec.model_validate_json(j.spec)
+    if not live or JobStatus(j.status).terminal:
+        raise JobStateError(f"job {j.id} has no running instance to interrupt (it is {j.status})")
+    provider = make_providers()[j.provider]
+    lead = lead if lead is not None else spec.notice.lead_time
+    try:
+        asyncio.run(provider.interrupt(live[-1].instance_id, lead))
+    except Exception as exc:  # noqa: BLE001  the instance may have ended a moment ago
+        raise JobStateError(
+            f"could not interrupt {live[-1].instance_id}: {exc or type(exc).__name__}; `spotrun status {j.id}` shows where it is"
+        ) from None
+    return {"id": j.id, "instance_id": live[-1].instance_id, "attempt": live[-1].number}
 
 
 def _ensure_controller() -> None:
@@ -330,20 +339,24 @@ def controller_stop(json_: bool = JSON_OPTION) -> None:
 @controller_app.command("status")
 def controller_status(json_: bool = JSON_OPTION) -> None:
     """Whether the background controller runs, where its log is, and how many jobs are active."""
+    with _user_errors():
+        data = controller_view(_db())
+    if json_:
+        print_json(data)
+        return
+    if data["running"]:
+        console.print(f"controller [green]running[/] (pid {data['pid']}) on {data['db']}; {data['active_jobs']} active jobs; log {data['log']}")
+    else:
+        console.print(f"controller [yellow]not running[/]; {data['active_jobs']} active jobs wait for it (`spotrun controller start`)")
+
+
+def controller_view(db: Any) -> dict[str, Any]:
+    """What `controller status --json` (and the dashboard's header) says about the daemon."""
     from spotrun.controller.repo import count_active
     from spotrun.controller.service import daemon_info, log_file
 
     info = daemon_info()
-    with _user_errors():
-        active = count_active(_db())
-    data: dict[str, Any] = {"running": info is not None, **(info or {}), "active_jobs": active, "log": str(log_file())}
-    if json_:
-        print_json(data)
-        return
-    if info:
-        console.print(f"controller [green]running[/] (pid {info['pid']}) on {info['db']}; {active} active jobs; log {log_file()}")
-    else:
-        console.print(f"controller [yellow]not running[/]; {active} active jobs wait for it (`spotrun controller start`)")
+    return {"running": info is not None, **(info or {}), "active_jobs": count_active(db), "log": str(log_file())}
 
 
 @controller_app.command("run", hidden=True)

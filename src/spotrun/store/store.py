@@ -334,6 +334,8 @@ class Store:
                 chunk_size=chunk_size,
                 files=files,
                 host=socket.gethostname(),
+                # what this snapshot cost, for the dashboard and /metrics (readers ignore extra)
+                extra={"duration_s": round(time.monotonic() - started, 4), "uploaded_bytes": info.uploaded_bytes},
             )
             key = f"{job_prefix(job_id)}/snapshots/{manifest.name}.json"
             if await self.backend.put(key, manifest.to_json(), create=True):
