@@ -357,7 +357,8 @@ function jobPage(main, ref) {
     snaps.replaceChildren(
       body.store ? h("p", { class: "muted" }, "store ", h("span", { class: "mono" }, body.store), body.note ? ` · ${body.note}` : "") : h("p", { class: "muted" }, body.note),
       ...(body.store ? [table([["Snapshot"], ["Attempt", 1], ["Created"], ["Files", 1], ["Size", 1], ["Uploaded", 1], ["Took", 1], ["Pinned"]],
-        body.snapshots.slice().reverse().map((r) => h("tr", {}, h("td", { class: "mono" }, r.id), h("td", { class: "r" }, r.attempt),
+        body.snapshots.slice().reverse().map((r) => r.invalid ? h("tr", {}, h("td", { class: "mono" }, r.id), h("td", { class: "r" }, r.attempt),
+          h("td", { colspan: 5, class: "bad" }, `invalid: ${r.invalid}`), h("td", {}, r.pinned ? "yes" : "")) : h("tr", {}, h("td", { class: "mono" }, r.id), h("td", { class: "r" }, r.attempt),
           h("td", {}, clock(Date.parse(r.created_at) / 1000)), h("td", { class: "r" }, num(r.files)), h("td", { class: "r" }, bytes(r.size)),
           h("td", { class: "r" }, bytes(r.uploaded_bytes)), h("td", { class: "r" }, r.duration_s == null ? "–" : dur(r.duration_s)),
           h("td", {}, r.pinned ? "yes" : ""))), "no snapshot yet")] : []),
