@@ -17,10 +17,10 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from spotrun.paths import default_db_url
+from spotrun.paths import default_db_url, private_file
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-SCHEMA_HEAD = "0001"  # the newest migration; opening an up-to-date database skips alembic
+SCHEMA_HEAD = "0002"  # the newest migration; opening an up-to-date database skips alembic
 _PG_MIGRATE_LOCK = 0x5370_7472  # advisory lock key: any constant shared by all controllers
 
 
@@ -34,12 +34,16 @@ class Database:
         parsed = make_url(self.url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self.sqlite_path = Path(parsed.database) if self.is_sqlite and parsed.database else None
-        if self.sqlite_path:
-            self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.sqlite_path and parsed.database != ":memory:":
+            private_file(self.sqlite_path)  # SQLite gives its -wal and -shm files the same mode
         self.engine = _engine(self.url, self.is_sqlite)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
             self._upgrade()
+            with self.engine.connect() as conn:
+                # Read once: a controller whose database file was deleted under it keeps the
+                # identity it launched with, and so never claims another database's instances.
+                self.identity: str = conn.execute(text("SELECT id FROM identity")).scalar_one()
         except OperationalError as exc:
             self.engine.dispose()
             raise DatabaseError(

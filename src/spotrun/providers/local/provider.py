@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from spotrun.paths import private_dir, private_file
 from spotrun.providers.base import Instance, InstanceState, LaunchRefused, LaunchRequest
 from spotrun.providers.local import market as market_mod
 from spotrun.providers.local import procs
@@ -42,7 +43,7 @@ class LocalProvider:
     def __init__(self, root: Path, market: MarketConfig | None = None) -> None:
         self.root = Path(root)
         self.market = market or MarketConfig()
-        (self.root / "instances").mkdir(parents=True, exist_ok=True)
+        private_dir(self.root / "instances")  # records, logs and disks: this user's only
 
     def _record(self, instance_id: str) -> InstanceDir:
         return InstanceDir(self.root, instance_id)
@@ -77,7 +78,7 @@ class LocalProvider:
             if record.launcher_pid() is None:
                 record.write_spec(self._spec(record.id, request))
                 record.state_file.unlink(missing_ok=True)  # from a launch that crashed half-way
-                await self._start_launcher(record)
+                await self._start_launcher(record, request.secrets)
         return await self.query(record.id)
 
     def _spec(self, instance_id: str, request: LaunchRequest) -> Spec:
@@ -117,6 +118,7 @@ class LocalProvider:
             scratch=str(self.scratch_dir(instance_id)),
             log_path=str(self._log_path(request.job_id, request.attempt)),
             launched_at=now,
+            owner=request.owner,
         )
 
     def scratch_dir(self, instance_id: str) -> Path:
@@ -125,15 +127,15 @@ class LocalProvider:
 
     def _log_path(self, job_id: str, attempt: int) -> Path:
         """Outside the scratch directory, so the log outlives a reclaim."""
-        path = self.root / "logs" / job_id / f"attempt-{attempt}.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        return private_file(self.root / "logs" / job_id / f"attempt-{attempt}.log")
 
-    async def _start_launcher(self, record: InstanceDir) -> None:
+    async def _start_launcher(self, record: InstanceDir, secrets: dict[str, str]) -> None:
+        # Secrets travel in the launcher's environment (readable only by this user, gone with
+        # the process), never in spec.json: the command inherits them from there.
         with open(record.launcher_log, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "spotrun.providers.local.instance", str(self.root), record.id],
-                env={**os.environ, **procs.marker_env(record.id)},
+                env={**os.environ, **secrets, **procs.marker_env(record.id)},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -49,6 +49,7 @@ class Spec:
     scratch: str
     log_path: str
     launched_at: float
+    owner: str | None = None  # LaunchRequest.owner; records from before owners existed have none
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ def to_instance(spec: Spec, state: State) -> Instance:
         ended_at=state.ended_at,
         returncode=state.returncode,
         log_path=spec.log_path,
+        owner=spec.owner,
     )
 
 
