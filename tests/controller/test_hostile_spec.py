@@ -62,7 +62,8 @@ def test_each_bad_file_is_one_line_naming_the_field(text: str, says: str) -> Non
 
 def test_paths_inside_the_disk_or_an_allowed_root_are_accepted() -> None:
     spec = load_spec_text("run: echo\ncheckpoint: {dir: out/ckpt}\noutputs: results")
-    assert spec.agent_args("file:///s")[-4:] == ("--store", "file:///s", "--outputs-dir", "results")
+    assert spec.agent_args()[-2:] == ("--outputs-dir", "results")
+    assert spec.agent_env("file:///s") == {"SPOTRUN_STORE": "file:///s"}
     spec = load_spec_text("run: echo\ncheckpoint: {dir: /mnt/nvme/ckpt}\nallow_paths: [/mnt/nvme]")
     assert spec.checkpoint.dir == "/mnt/nvme/ckpt"
 

@@ -337,8 +337,8 @@ class Reconciler:
                 token=att.token, job_id=job.id, attempt=att.number, run=spec.run, setup=spec.setup,
                 workdir=spec.workdir, env=dict(spec.env), spot=att.spot,
                 instance_type=att.instance_type, zone=att.zone, max_price=spec.max_price,
-                agent_args=spec.agent_args(default_store_url()), owner=self.db.identity,
-                secrets=resolve_secrets(spec),
+                agent_args=spec.agent_args(), owner=self.db.identity,
+                secrets={**spec.agent_env(default_store_url()), **resolve_secrets(spec)},
             )
             async with self._launch_slots:
                 inst = await provider.launch(request)

@@ -234,19 +234,27 @@ class JobSpec(_Section):
     def display_name(self) -> str:
         return self.name or self.run.split()[0].rsplit("/", 1)[-1]
 
-    def agent_args(self, default_store: str) -> tuple[str, ...]:
-        """The `spotrun exec` options this spec implies (checkpoint sync, outputs, notice signal)."""
+    def agent_args(self) -> tuple[str, ...]:
+        """The `spotrun exec` options this spec implies (checkpoint sync, outputs, notice signal).
+        The store URL is not one of them: it may carry credentials, so it goes by `agent_env`."""
         args: list[str] = ["--signal", self.notice.signal]
         ck = self.checkpoint
         if ck is not None:
-            args += ["--checkpoint-dir", ck.dir, "--store", ck.store or default_store]
+            args += ["--checkpoint-dir", ck.dir]
             if ck.sync_interval is not None:
                 args += ["--sync-interval", f"{ck.sync_interval}s"]
             if ck.keep is not None:
                 args += ["--keep", str(ck.keep)]
         if self.outputs is not None:
-            args += ["--outputs-dir", self.outputs] + ([] if ck is not None else ["--store", default_store])
+            args += ["--outputs-dir", self.outputs]
         return tuple(args)
+
+    def agent_env(self, default_store: str) -> dict[str, str]:
+        """What the agent reads from its environment ($SPOTRUN_STORE): handed to the instance
+        like a secret, never on a command line (`ps`) or in a record."""
+        if self.checkpoint is None and self.outputs is None:
+            return {}
+        return {"SPOTRUN_STORE": (self.checkpoint.store if self.checkpoint else None) or default_store}
 
 
 # --- loading with positions -------------------------------------------------------------------
