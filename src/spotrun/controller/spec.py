@@ -164,11 +164,12 @@ class SecretRef(_Section):
     @model_validator(mode="before")
     @classmethod
     def _reference(cls, value: Any) -> Any:
-        if not isinstance(value, dict) or len(value) != 1 or not {"file", "env"} & set(value):
+        given = {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else None
+        if given is None or len(given) != 1 or not {"file", "env"} & set(given):
             raise ValueError("give `{file: PATH}` or `{env: NAME}`: a secret's value never goes in the spec")
-        if "env" in value:
-            _check_env_name(value["env"])
-        return value
+        if "env" in given:
+            _check_env_name(given["env"])
+        return given
 
 
 class JobSpec(_Section):
