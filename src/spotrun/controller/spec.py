@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -197,24 +198,18 @@ class JobSpec(_Section):
             raise ValueError("is blank: give the command to run, e.g. `run: python train.py`")
         return value
 
-    @field_validator("env", mode="before")
+    @field_validator("env", "secrets", mode="before")
     @classmethod
-    def _env(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            for name in value:
-                _check_env_name(name)
-                if SECRET_NAME.search(str(name)):
-                    raise ValueError(f"{name} looks like a credential: move it to `secrets:` "
-                                     f"(e.g. `secrets: {{{name}: {{file: ~/.{name.lower()}}}}}`) so it is never stored or shown")
-            return {str(k): "" if v is None else v if isinstance(v, str) else str(v) for k, v in value.items()}
-        return value
-
-    @field_validator("secrets", mode="before")
-    @classmethod
-    def _secrets(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            for name in value:
-                _check_env_name(name)
+    def _names(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, dict):
+            return value
+        for name in value:
+            _check_env_name(name)
+            if info.field_name == "env" and SECRET_NAME.search(name):
+                raise ValueError(f"{name} looks like a credential: move it to `secrets:` "
+                                 f"(e.g. `secrets: {{{name}: {{file: ~/.{name.lower()}}}}}`) so it is never stored or shown")
+        if info.field_name == "env":
+            return {k: "" if v is None else v if isinstance(v, str) else str(v) for k, v in value.items()}
         return value
 
     @field_validator("allow_paths")
