@@ -291,7 +291,7 @@ class Reconciler:
             s.get(Attempt, att.id).cause = Cause.SWITCH.value
             how = "with the cloud's notice" if inst.spot else "gracefully (SIGTERM)"
             repo.add_event(s, job.id, "switch", f"moving attempt {att.number} to {label(spec, decision)}: stopping {inst.id} {how}", att.number)
-        await self._stop_for_switch(att, inst, spec, provider)
+        await self._act(job.id, self._stop_for_switch(att, inst, spec, provider))
 
     async def _stop_for_switch(self, att: Attempt, inst: Instance, spec: JobSpec, provider: Provider) -> None:
         """Stop so the job checkpoints: the cloud's notice on spot, a graceful terminate otherwise."""

@@ -76,7 +76,8 @@ class LocalProvider:
         record = self._record(instance_id_for(request.token))
         async with self._launch_lock(record):
             if record.launcher_pid() is None:
-                record.write_spec(self._spec(record.id, request))
+                # fsync and fork off the event loop: a controller launching many must not stall
+                await asyncio.to_thread(record.write_spec, self._spec(record.id, request))
                 record.state_file.unlink(missing_ok=True)  # from a launch that crashed half-way
                 await self._start_launcher(record, request.secrets)
         return await self.query(record.id)
@@ -133,7 +134,8 @@ class LocalProvider:
         # Secrets travel in the launcher's environment (readable only by this user, gone with
         # the process), never in spec.json: the command inherits them from there.
         with open(record.launcher_log, "ab") as log:
-            proc = subprocess.Popen(
+            proc = await asyncio.to_thread(
+                subprocess.Popen,
                 [sys.executable, "-m", "spotrun.providers.local.instance", str(self.root), record.id],
                 env={**os.environ, **secrets, **procs.marker_env(record.id)},
                 stdin=subprocess.DEVNULL,
@@ -170,15 +172,19 @@ class LocalProvider:
         self, record: InstanceDir, spec: Spec, state: State, final: InstanceState, detail: str
     ) -> State:
         """Free what a dead or stuck launcher left behind and record the end."""
-        await self._free(spec)
-        state = state.to(final, detail=detail)
+        left = await self._free(spec)
+        state = state.to(final, detail=detail, stragglers=bool(left))
         record.write_state(state)
         return state
 
     @staticmethod
-    async def _free(spec: Spec) -> None:
-        await asyncio.to_thread(procs.kill_instance, spec.id)
+    async def _free(spec: Spec, kill: bool = True) -> list[int]:
+        """Kill what is left of the instance and delete its disk; returns the pids that survived.
+        `kill=False` skips the scan of every process on the machine (costly, and holding the
+        GIL) for an instance whose end was recorded after a kill that left none."""
+        left = await asyncio.to_thread(procs.kill_instance, spec.id) if kill else []
         await asyncio.to_thread(shutil.rmtree, spec.scratch, True)
+        return left
 
     async def list_instances(self, job_id: str | None = None) -> list[Instance]:
         instances = []
@@ -203,7 +209,7 @@ class LocalProvider:
                 await self._bury(record, spec, state, InstanceState.TERMINATED, "terminated")
             else:
                 # Already over (exited, reclaimed): free the disk and any straggler, keep its story.
-                await self._free(spec)
+                await self._free(spec, kill=state.stragglers)
 
     @staticmethod
     async def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:
