@@ -72,8 +72,10 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
 
 
 async def test_reclaimed_job_ends_like_an_uninterrupted_one(tmp_path: Path, db: Database, providers: dict, reconciler: Reconciler) -> None:
-    plain = submit(counter_job(tmp_path, "plain", steps=30))
-    hit = submit(counter_job(tmp_path, "hit", steps=30, step_s=0.1))
+    # Long enough that no reclaim lands in its last steps: a job that completes inside the
+    # notice window is a success, not a reclaim.
+    plain = submit(counter_job(tmp_path, "plain", steps=80))
+    hit = submit(counter_job(tmp_path, "hit", steps=80, step_s=0.1))
     provider = providers["local"]
     for n in range(3):
         # Wait for a fresh attempt to make progress, then reclaim it with a short notice.
