@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -72,6 +73,7 @@ def measure(jobs: int, live: int) -> dict:
         recorded = {job: at for job, at in s.execute(select(Event.job_id, Event.at).where(Event.kind == "succeeded"))}
     views = repo.list_views(db)
     db.close()
+    shutil.rmtree(home, ignore_errors=True)
     failed = [v for v in views if v["status"] != "SUCCEEDED"]
     assert not failed, f"{len(failed)} jobs did not succeed, e.g. {failed[0]}"
     lags = sorted(recorded[j] - ended[j] for j in submitted)
