@@ -81,13 +81,18 @@ def measure(db_url: str, jobs: int) -> dict:
         create_job(db, spec)
     reconciler = Reconciler(db, {"local": InstantProvider()}, exclusive=True)
     passes = []
+
+    async def drive() -> None:
+        while True:
+            t0 = time.perf_counter()
+            await reconciler.run_once()
+            await reconciler.settle()  # the pass's launches and ends, which run off the pass
+            passes.append(time.perf_counter() - t0)
+            if reconciler.passes > RUN_PASSES + 1 and count_active(db) == 0:
+                break
+
     started = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        asyncio.run(reconciler.run_once())
-        passes.append(time.perf_counter() - t0)
-        if reconciler.passes > RUN_PASSES + 1 and count_active(db) == 0:
-            break
+    asyncio.run(drive())
     total = time.perf_counter() - started
     unfinished = [v for v in list_views(db) if v["status"] != "SUCCEEDED"]
     assert not unfinished, f"{len(unfinished)} jobs did not succeed, e.g. {unfinished[0]}"

@@ -153,9 +153,8 @@ class Job:
         self.run = f"exec {sys.executable} job.py"
         self.checkpoint = {"dir": "checkpoints", "store": self.store_url, "sync_interval": args.sync_interval, "keep": 2}
         # The controller turns the same section into these options: one source for both drivers.
-        self.agent_args = JobSpec.model_validate({"run": self.run, "checkpoint": self.checkpoint}).agent_args(
-            self.store_url
-        )
+        spec = JobSpec.model_validate({"run": self.run, "checkpoint": self.checkpoint})
+        self.agent_args, self.agent_env = spec.agent_args(), spec.agent_env(self.store_url)
 
     def env(self, save_on_notice: bool) -> dict[str, str]:
         return {
@@ -168,7 +167,7 @@ class Job:
     def request(self, job_id: str, attempt: int, save_on_notice: bool) -> LaunchRequest:
         return LaunchRequest(
             token=f"{job_id}-{attempt}", job_id=job_id, attempt=attempt, run=self.run, workdir=str(self.workdir),
-            env=self.env(save_on_notice), agent_args=self.agent_args,
+            env=self.env(save_on_notice), agent_args=self.agent_args, secrets=self.agent_env,
         )  # fmt: skip
 
     async def timed_restore(self, job_id: str) -> float:

@@ -1,10 +1,12 @@
 """A command for the agent to supervise; records what happens to it as files in OUT.
 
 usage: child.py OUT MODE
-  handle   record TERM/USR1/HUP (with the notice file's content); exit 0 on TERM
-  slow     on TERM: record, keep working 1 s, record `clean-exit`, exit 0
+  handle   record TERM/USR1/HUP (with the notice file's content); exit on TERM
+  slow     on TERM: record, keep working 1 s, record `clean-exit`, exit
   ignore   ignore TERM, run until killed
-  default  no handlers: TERM kills it; INT is recorded as a KeyboardInterrupt, then exit 0
+  default  no handlers: TERM kills it; INT is recorded as a KeyboardInterrupt, then exit
+Exiting, it says what a real job would (docs/sdk.md): 75, "not done, try again", after a
+notice (the notice file exists); 0 when stopped without one.
   env      record the SPOTRUN_* environment and exit 3
 Every mode but `env` writes `ready` once its handlers are in place.
 """
@@ -34,6 +36,10 @@ def notice_text() -> str:
         return ""
 
 
+def stop_status() -> int:
+    return 75 if notice_text() else 0
+
+
 def on_signal(signum: int, frame: object) -> None:
     name = signal.Signals(signum).name
     record(f"got-{name}", notice_text())
@@ -41,7 +47,7 @@ def on_signal(signum: int, frame: object) -> None:
         time.sleep(1.0)
         record("clean-exit")
     if signum == signal.SIGTERM:
-        sys.exit(0)
+        sys.exit(stop_status())
 
 
 if mode == "env":
@@ -58,4 +64,4 @@ try:
         signal.pause()
 except KeyboardInterrupt:
     record("keyboard-interrupt", notice_text())
-    sys.exit(0)
+    sys.exit(stop_status())

@@ -185,8 +185,8 @@ def test_rebalance_is_published_but_not_signalled(agent, out, tmp_path):
     a.signal(signal.SIGUSR1)  # the command is alive and well: it still answers
     wait_for(lambda: (out / "got-SIGUSR1").exists(), "USR1 to reach the command")
     assert not (out / "got-SIGTERM").exists()
-    a.signal(signal.SIGTERM)
-    assert a.wait() == 0
+    a.signal(signal.SIGTERM)  # not stopped for the notice: the agent exits with the command's own status
+    assert a.wait() == 75  # (it had seen a notice file, so it said "not done")
 
 
 def test_signal_rebalance_stops_the_command(agent, out, tmp_path):
@@ -227,3 +227,13 @@ def processes_with(needle: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def test_a_command_that_finishes_inside_the_notice_window_exits_0(agent, out, tmp_path):
+    # Done is done: reporting it reclaimed would run its work, and its side effects, again.
+    notice = tmp_path / "notice.json"
+    script = f"trap '' TERM; touch {out}/ready; while [ ! -e {notice} ]; do sleep 0.05; done; exit 0"
+    a = agent(file_args(tmp_path, "--grace", "20s"), ["bash", "-c", script])
+    wait_for(lambda: (out / "ready").exists(), "the command to start")
+    publish(tmp_path, {"deadline": in_seconds(60)})
+    assert a.wait() == 0, a.log

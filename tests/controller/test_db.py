@@ -19,7 +19,7 @@ def test_open_migrates_to_head_and_matches_models(db: Database) -> None:
     from alembic.migration import MigrationContext
 
     with db.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == SCHEMA_HEAD
         assert {"jobs", "attempts", "events"} <= set(inspect(conn).get_table_names())
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == [], f"models and migrations disagree: {diff}"

@@ -56,6 +56,11 @@ def test_classify_tells_reclaim_from_error() -> None:
     assert classify(inst(InstanceState.EXITED, 143)).value == "error"
     assert classify(inst(InstanceState.RECLAIMED, 75)).value == "reclaim"
     assert classify(inst(InstanceState.GONE)).value == "reclaim"
+    # The agent's own status first: done is done, even on a machine reclaimed right after.
+    assert classify(inst(InstanceState.RECLAIMED, 0)).value == "success"
+    assert classify(inst(InstanceState.TERMINATED, 0)).value == "success"
+    assert classify(inst(InstanceState.RECLAIMED)).value == "reclaim"
+    assert classify(inst(InstanceState.EXITED, -9)).value == "reclaim"  # the agent was killed: lost
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:
@@ -67,8 +72,10 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
 
 
 async def test_reclaimed_job_ends_like_an_uninterrupted_one(tmp_path: Path, db: Database, providers: dict, reconciler: Reconciler) -> None:
-    plain = submit(counter_job(tmp_path, "plain", steps=30))
-    hit = submit(counter_job(tmp_path, "hit", steps=30, step_s=0.1))
+    # Long enough that no reclaim lands in its last steps: a job that completes inside the
+    # notice window is a success, not a reclaim.
+    plain = submit(counter_job(tmp_path, "plain", steps=80))
+    hit = submit(counter_job(tmp_path, "hit", steps=80, step_s=0.1))
     provider = providers["local"]
     for n in range(3):
         # Wait for a fresh attempt to make progress, then reclaim it with a short notice.
@@ -166,17 +173,27 @@ async def test_refused_spot_backs_off_then_auto_goes_on_demand(tmp_path: Path, d
             await provider.terminate(inst.id)
 
 
-async def test_leaked_instances_are_terminated(tmp_path: Path, db: Database, providers: dict) -> None:
+async def test_only_instances_of_this_database_whose_attempt_ended_are_terminated(tmp_path: Path, db: Database, providers: dict) -> None:
     provider = providers["local"]
     job = submit(counter_job(tmp_path, "owned", steps=400, step_s=0.1))
     r = Reconciler(db, providers, interval=0.1)
     await r.run_once()  # launches the job's instance
+    await r.settle()
     owned = live_instance(db, job)
-    leak = await provider.launch(LaunchRequest(token="not-in-the-db", job_id="ghost", attempt=1, run="sleep 600"))
+    assert (await provider.query(owned)).owner == db.identity
+    with db.session() as s:  # an attempt recorded as ended whose instance still runs: a leak
+        ended = Attempt(job_id=job, number=0, token=f"{job}-ended", spot=True, created_at=0.0, ended_at=1.0, cause="reclaim", cost=0.0)
+        s.add(ended)
+    leak = await provider.launch(LaunchRequest(token=f"{job}-ended", job_id=job, attempt=0, run="sleep 600", owner=db.identity))
+    # Another controller's (another database) and one from before identities: never ours to judge.
+    foreign = await provider.launch(LaunchRequest(token="other-db", job_id="ghost", attempt=1, run="sleep 600", owner="0ther"))
+    unowned = await provider.launch(LaunchRequest(token="no-owner", job_id="ghost2", attempt=1, run="sleep 600"))
     terminated = await r.sweep_leaks()
+    await r.settle()
     assert terminated == [leak.id]
     assert (await provider.query(leak.id)).state in (InstanceState.TERMINATED, InstanceState.GONE)
-    assert (await provider.query(owned)).state in (InstanceState.PENDING, InstanceState.RUNNING)
+    for alive in (owned, foreign.id, unowned.id):
+        assert (await provider.query(alive)).state in (InstanceState.PENDING, InstanceState.RUNNING)
 
 
 async def test_each_job_is_leased_to_one_controller(db: Database, providers: dict) -> None:
@@ -199,7 +216,9 @@ async def test_launch_the_provider_rejects_fails_at_once(tmp_path: Path, db: Dat
     code.mkdir()
     job = submit({"run": "true", "workdir": str(code)})
     code.rmdir()  # gone between submission and launch
-    await Reconciler(db, providers).run_once()
+    r = Reconciler(db, providers)
+    await r.run_once()
+    await r.settle()
     final = view(db, job)
     assert final["status"] == "FAILED" and "launch rejected" in final["reason"] and "workdir" in final["reason"]
     assert [a["cause"] for a in final["attempt_list"]] == ["refused"]
@@ -220,3 +239,21 @@ async def test_instance_lost_without_notice_is_a_reclaim(tmp_path: Path, db: Dat
     assert (final["reclaims"], final["errors"]) == (1, 0)
     assert [a["cause"] for a in final["attempt_list"]] == ["reclaim", "success"]
     assert any(e["kind"] == "reclaim" and "lost" in e["message"] for e in final["events"])
+
+
+LEDGER = Path(__file__).with_name("ledger.py")
+
+
+async def test_a_job_that_finishes_inside_the_notice_window_succeeds_once(tmp_path: Path, db: Database, providers: dict, reconciler: Reconciler) -> None:
+    import sys
+
+    ledger = tmp_path / "ledger"
+    job = submit({"run": f"exec {sys.executable} {LEDGER}", "env": {"LEDGER": str(ledger), "NOTICE_ENDS_WORK": "1"},
+                  "recovery": {"backoff": {"base": "50ms", "max": "1s"}}})
+    await async_wait_until(lambda: Path(f"{ledger}.ready").exists() and live_instance(db, job), what="the job to start")
+    await providers["local"].interrupt(live_instance(db, job), 5.0)  # it finishes on the notice
+    final = await wait_status(db, job, "SUCCEEDED", "FAILED")
+    assert final["status"] == "SUCCEEDED", final["reason"]
+    assert ledger.read_text().splitlines() == [f"{job} 1"]  # its side effect happened once
+    assert [(a["cause"], a["exit_status"]) for a in final["attempt_list"]] == [("success", 0)]
+    assert final["reclaims"] == 0

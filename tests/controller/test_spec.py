@@ -39,10 +39,10 @@ on_success: delete
     assert spec.recovery.backoff.base == 0.25 and spec.recovery.backoff.max == 120.0
     assert spec.recovery.deadline == 3600.0
     assert spec.notice.signal == "SIGINT" and spec.notice.lead_time == 10.0
-    assert spec.agent_args("file:///default") == (
-        "--signal", "SIGINT", "--checkpoint-dir", "ckpt", "--store", "file:///tmp/s",
-        "--sync-interval", "90.0s", "--keep", "3",
+    assert spec.agent_args() == (
+        "--signal", "SIGINT", "--checkpoint-dir", "ckpt", "--sync-interval", "90.0s", "--keep", "3",
     )
+    assert spec.agent_env("file:///default") == {"SPOTRUN_STORE": "file:///tmp/s"}
     assert JobSpec.model_validate_json(spec.model_dump_json()) == spec
 
 

@@ -17,7 +17,7 @@ from .conftest import instance_processes, processes, request, wait_state, wait_u
 
 # A job that says it is ready, then copies the agent's notice file to $MARK when signalled.
 SAVE_ON_NOTICE = (
-    'trap \'cat "$SPOTRUN_NOTICE_FILE" > "$MARK.tmp" && mv "$MARK.tmp" "$MARK"; exit 0\' TERM; '
+    'trap \'cat "$SPOTRUN_NOTICE_FILE" > "$MARK.tmp" && mv "$MARK.tmp" "$MARK"; exit 75\' TERM; '
     "echo ready; while true; do sleep 0.05; done"
 )
 

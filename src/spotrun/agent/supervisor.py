@@ -8,7 +8,8 @@ notice's deadline, and SIGKILLs the group just before the machine would vanish, 
 final sync in `after_exit` runs on a process tree that has stopped writing.
 
 Exit status is the controller's only evidence of what happened: the command's own status when
-it ended by itself, 75 (EX_TEMPFAIL, "try again") when it was stopped because of a notice,
+it ended by itself (0 also when it finished inside a notice's window), 75 (EX_TEMPFAIL, "try
+again") when a notice stopped it before it succeeded,
 127/126 when it could not be started, 128+N when a signal killed it otherwise.
 """
 
@@ -202,7 +203,9 @@ class Supervisor:
         return code
 
     def _exit_code(self, returncode: int) -> int:
-        if self._stop is not None:
+        # Success stays success: a command that finished inside the notice window is done, and
+        # reporting it reclaimed would run its work (and its side effects) a second time.
+        if self._stop is not None and returncode != 0:
             log.info("the command stopped after the notice (its status %d); exiting %d (reclaimed)",
                      returncode, EXIT_RECLAIMED)
             return EXIT_RECLAIMED

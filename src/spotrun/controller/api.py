@@ -92,6 +92,9 @@ def prepare_spec(spec: JobSpec | str | Path | dict) -> JobSpec:
         job = job.model_copy(update={"workdir": str(workdir)})
     if job.checkpoint is not None and job.checkpoint.store is not None:
         problems += _store_problems(job.checkpoint.store)
+    for secret, ref in job.secrets.items():  # `env:` names the controller's environment: checked at launch
+        if ref.file is not None and not os.access(Path(ref.file).expanduser(), os.R_OK):
+            problems.append(f"secrets.{secret}: cannot read {ref.file} (the controller reads it at each launch)")
     if problems:
         raise SpecError(problems)
     return job
@@ -100,7 +103,7 @@ def prepare_spec(spec: JobSpec | str | Path | dict) -> JobSpec:
 def _store_problems(url: str) -> list[str]:
     parsed = urlparse(url)
     if parsed.scheme not in STORE_SCHEMES:
-        return [f"checkpoint.store: {url!r} is not a store URL (use file:///path, s3://bucket/prefix, gs://..., az://...)"]
+        return [f"checkpoint.store: {repo.redact_url(url)!r} is not a store URL (use file:///path, s3://bucket/prefix, gs://..., az://...)"]
     if parsed.scheme == "file":
         root = Path(parsed.path)
         probe = next((p for p in (root, *root.parents) if p.exists()), None)

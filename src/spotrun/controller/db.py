@@ -17,10 +17,10 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from spotrun.paths import default_db_url
+from spotrun.paths import default_db_url, private_file
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-SCHEMA_HEAD = "0001"  # the newest migration; opening an up-to-date database skips alembic
+SCHEMA_HEAD = "0002"  # the newest migration; opening an up-to-date database skips alembic
 _PG_MIGRATE_LOCK = 0x5370_7472  # advisory lock key: any constant shared by all controllers
 
 
@@ -34,12 +34,16 @@ class Database:
         parsed = make_url(self.url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self.sqlite_path = Path(parsed.database) if self.is_sqlite and parsed.database else None
-        if self.sqlite_path:
-            self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.sqlite_path and parsed.database != ":memory:":
+            private_file(self.sqlite_path)  # SQLite gives its -wal and -shm files the same mode
         self.engine = _engine(self.url, self.is_sqlite)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
             self._upgrade()
+            with self.engine.connect() as conn:
+                # Read once: a controller whose database file was deleted under it keeps the
+                # identity it launched with, and so never claims another database's instances.
+                self.identity: str = conn.execute(text("SELECT id FROM identity")).scalar_one()
         except OperationalError as exc:
             self.engine.dispose()
             raise DatabaseError(
@@ -100,6 +104,9 @@ def _engine(url: str, is_sqlite: bool) -> Engine:
     def _pragmas(dbapi_conn, _record) -> None:  # WAL: readers (CLI) never block the controller
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a commit survives the controller's crash (SIGKILL), only a power loss
+        # may drop the newest few; FULL's fsync per commit (ms each) stalled whole passes.
+        cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()

@@ -6,9 +6,11 @@ and started again: an attempt row (with a fresh client token) is committed *befo
 `provider.launch(token)`, so a relaunch after a crash reuses the token and gets the same
 instance; instances whose token no open attempt owns are terminated as leaks.
 
-How an attempt ended decides what comes next (as SkyPilot's "cluster not UP = preemption"):
-agent exit 75, a RECLAIMED instance, or an instance that vanished is a *reclaim* (not the
-user's fault, its own budget); any other non-zero exit is the user's *error*.
+How an attempt ended decides what comes next, the agent's exit status first and the provider's
+state (as SkyPilot's "cluster not UP = preemption") only when the agent left none: exit 0 is
+success whatever the machine did after; agent exit 75, a RECLAIMED instance, or an instance
+that vanished is a *reclaim* (not the user's fault, its own budget); any other non-zero exit
+is the user's *error*.
 
 `spot: auto` with a deadline hands the choice of capacity to the market policy
 (`controller/policy.py`) on every pass: launch on spot or on-demand, wait, or move a running
@@ -26,7 +28,8 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any
 from pathlib import Path
 
 from sqlalchemy import or_, select, update
@@ -39,7 +42,7 @@ from spotrun.controller.models import ACTIVE, Attempt, Cause, Event, Job, JobSta
 from spotrun.controller.policy import Planner, capacity, describe, label, zone_of
 from spotrun.controller.spec import JobSpec
 from spotrun.market.policy import IDLE, ON_DEMAND_KIND, SPOT_KIND, Decision
-from spotrun.paths import default_store_url
+from spotrun.paths import default_store_url, open_private
 from spotrun.providers.base import Instance, InstanceState, LaunchRefused, LaunchRequest, Provider
 
 log = logging.getLogger("spotrun.controller")
@@ -57,12 +60,38 @@ def crash_point(label: str) -> None:
 
 
 def classify(inst: Instance) -> Cause:
-    """Why an ended instance ended, from the controller's side."""
-    if inst.state == InstanceState.EXITED:
-        if inst.returncode == 0:
+    """Why an ended instance ended, from the controller's side.
+
+    The agent's own exit status comes first: 0 is success even on an instance the cloud
+    reclaimed a moment later (the command finished inside the notice window; running it again
+    would repeat its side effects). The provider's state decides only when the agent left no
+    status of its own: it was killed (a negative status), or the machine went with it.
+    """
+    rc = inst.returncode
+    if rc is not None and rc >= 0:
+        if rc == 0:
             return Cause.SUCCESS
-        return Cause.RECLAIM if inst.returncode == EXIT_RECLAIMED else Cause.ERROR
-    return Cause.RECLAIM  # RECLAIMED, or lost (GONE / TERMINATED while we still wanted it)
+        if rc == EXIT_RECLAIMED or inst.state != InstanceState.EXITED:
+            return Cause.RECLAIM  # stopped for a notice, or by the provider under it
+        return Cause.ERROR
+    return Cause.RECLAIM  # RECLAIMED, or lost (GONE / TERMINATED / agent killed while we wanted it)
+
+
+def resolve_secrets(spec: JobSpec) -> dict[str, str]:
+    """The values of the spec's secrets, read now (a rotated file is picked up by the next
+    launch); ValueError, which fails the job with this line, when one cannot be read."""
+    values = {}
+    for name, ref in spec.secrets.items():
+        if ref.env is not None:
+            if ref.env not in os.environ:
+                raise ValueError(f"secret {name}: ${ref.env} is not set in the controller's environment")
+            values[name] = os.environ[ref.env]
+        else:
+            try:
+                values[name] = Path(ref.file).expanduser().read_text().rstrip("\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"secret {name}: cannot read {ref.file}: {getattr(exc, 'strerror', None) or exc}") from None
+    return values
 
 
 def backoff_delay(base: float, cap: float, failures: int, rng: random.Random) -> float:
@@ -82,9 +111,11 @@ class Reconciler:
         sweep_every: int = 5,
         exclusive: bool = False,
         rng: random.Random | None = None,
+        max_actions: int = 32,
     ):
         """`exclusive`: this controller holds the database's lock (SQLite), so leases left by a
-        dead predecessor are taken over at once instead of after they expire."""
+        dead predecessor are taken over at once instead of after they expire. `max_actions`:
+        launches (and, apart, terminations) under way at once."""
         self.db = db
         self.providers = providers
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
@@ -96,6 +127,11 @@ class Reconciler:
         self.passes = 0
         self.planner = Planner(interval)
         self._stopped: set[int] = set()  # attempts this process has stopped for a switch
+        # Provider calls that may be slow (launch, terminate) run as tasks off the pass, one per
+        # job at a time: a pass records every other job's outcome without waiting on them.
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._launch_slots = asyncio.Semaphore(max_actions)
+        self._terminate_slots = asyncio.Semaphore(max_actions)
 
     def provider(self, name: str) -> Provider:
         try:
@@ -107,35 +143,65 @@ class Reconciler:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except Exception:  # one bad pass (DB hiccup, provider bug) must not end the controller
-                log.exception("reconcile pass failed; retrying")
-            try:
-                await asyncio.wait_for(stop.wait(), self.interval)
-            except TimeoutError:
-                pass
+        try:
+            while not stop.is_set():
+                try:
+                    await self.run_once()
+                except Exception:  # one bad pass (DB hiccup, provider bug) must not end the controller
+                    log.exception("reconcile pass failed; retrying")
+                try:
+                    await asyncio.wait_for(stop.wait(), self.interval)
+                except TimeoutError:
+                    pass
+        finally:
+            await self.settle()
 
     async def run_once(self) -> None:
+        """One pass: look at every job this controller holds, except those with an action under
+        way (their task reports back itself); slow provider calls are started, not awaited."""
         job_ids = self._claim_jobs()
         sem = asyncio.Semaphore(64)
 
         async def one(job_id: str) -> None:
             async with sem:
                 try:
-                    relaunch_in = await self._step(job_id)
-                    if relaunch_in is not None:  # an attempt just ended: relaunch now, not a pass later
-                        await asyncio.sleep(relaunch_in)
-                        await self._step(job_id)
+                    await self._step(job_id)
                 except Exception:
                     log.exception("job %s: step failed; will retry next pass", job_id)
 
-        await asyncio.gather(*(one(j) for j in job_ids))
+        await asyncio.gather(*(one(j) for j in job_ids if j not in self._inflight))
         self.planner.keep_only(set(job_ids))
         if self.passes % self.sweep_every == 0:
             await self.sweep_leaks()
         self.passes += 1
+
+    async def settle(self) -> None:
+        """Wait for every provider action under way (shutdown, tests)."""
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight.values()), return_exceptions=True)
+
+    async def _act(self, key: str, action: Coroutine[Any, Any, None]) -> None:
+        """Run `action` off the pass as `key`'s one task, or inline when already in that task.
+
+        Crash safety stays level-triggered: whatever an action does is recorded before (the
+        attempt row, its token) or found again by the next pass, so losing the task loses nothing.
+        """
+        if self._inflight.get(key) is asyncio.current_task():
+            await action
+            return
+        if key in self._inflight:  # busy with another action: the next pass looks again
+            action.close()
+            return
+
+        async def run() -> None:
+            try:
+                await action
+            except Exception:
+                log.exception("%s: provider action failed; the next pass retries", key)
+            finally:
+                self._inflight.pop(key, None)
+
+        self._inflight[key] = asyncio.create_task(run())
 
     def _claim_jobs(self) -> list[str]:
         """Lease every active job that is free (or whose lease expired) to this controller."""
@@ -157,20 +223,21 @@ class Reconciler:
 
     # --- one job -------------------------------------------------------------------------
 
-    async def _step(self, job_id: str) -> float | None:
-        """One look at one job; returns the seconds until a relaunch it just scheduled, if due
-        before the next pass."""
+    async def _step(self, job_id: str) -> None:
+        """One look at one job."""
         with self.db.session() as s:
             job = s.get(Job, job_id)
             attempts = repo.attempts_of(s, job_id)
+        if JobStatus(job.status).terminal:  # finished by another controller since we claimed it
+            return
         spec = JobSpec.model_validate_json(job.spec)
         provider = self.provider(job.provider)
         current = attempts[-1] if attempts and attempts[-1].ended_at is None else None
 
         if job.desired == "cancel":
-            await self._cancel(job, current, provider)
+            await self._act(job.id, self._cancel(job, current, provider))
         elif current is not None and current.instance_id is None:
-            await self._launch(job, spec, current, provider)  # crashed between row and launch
+            await self._act(job.id, self._launch(job, spec, current, provider))  # crashed between row and launch
         elif current is not None:
             inst = await provider.query(current.instance_id)
             # A reclaim already announced, or a switch this process started, just plays out.
@@ -180,11 +247,9 @@ class Reconciler:
             elif current.cause != Cause.SWITCH.value:
                 await self._follow_policy(job, spec, attempts, current, inst, provider)
             elif current.id not in self._stopped:  # marked by a controller that died before stopping it
-                await self._stop_for_switch(current, inst, spec, provider)
+                await self._act(job.id, self._stop_for_switch(current, inst, spec, provider))
             else:
                 await self._observe(job, spec, current, inst, provider)
-            # only an instance found ended can have ended its attempt (and scheduled a relaunch)
-            return self._relaunch_due(job_id) if inst.state in _ENDED else None
         elif spec.recovery.deadline is not None and time.time() > job.submitted_at + spec.recovery.deadline:
             self._finish(job.id, JobStatus.FAILED, f"deadline of {spec.recovery.deadline:g}s passed before it completed")
         elif spec.deadline_aware:
@@ -192,10 +257,10 @@ class Reconciler:
             # A refused spot launch backs off spot, not the on-demand the policy may now need.
             refused = bool(attempts) and attempts[-1].cause == Cause.REFUSED.value and decision.kind == ON_DEMAND_KIND
             if decision != IDLE and (time.time() >= job.next_launch_at or refused):
-                await self._launch(job, spec, self._new_attempt(job, spec, attempts, provider, decision), provider)
+                att = self._new_attempt(job, spec, attempts, provider, decision)
+                await self._act(job.id, self._launch(job, spec, att, provider))
         elif time.time() >= job.next_launch_at:
-            await self._launch(job, spec, self._new_attempt(job, spec, attempts, provider), provider)
-        return None
+            await self._act(job.id, self._launch(job, spec, self._new_attempt(job, spec, attempts, provider), provider))
 
     def _relaunch_due(self, job_id: str) -> float | None:
         with self.db.session() as s:
@@ -226,7 +291,7 @@ class Reconciler:
             s.get(Attempt, att.id).cause = Cause.SWITCH.value
             how = "with the cloud's notice" if inst.spot else "gracefully (SIGTERM)"
             repo.add_event(s, job.id, "switch", f"moving attempt {att.number} to {label(spec, decision)}: stopping {inst.id} {how}", att.number)
-        await self._stop_for_switch(att, inst, spec, provider)
+        await self._act(job.id, self._stop_for_switch(att, inst, spec, provider))
 
     async def _stop_for_switch(self, att: Attempt, inst: Instance, spec: JobSpec, provider: Provider) -> None:
         """Stop so the job checkpoints: the cloud's notice on spot, a graceful terminate otherwise."""
@@ -236,7 +301,7 @@ class Reconciler:
                 raise ValueError("on-demand instances get no reclaim notice")
             await provider.interrupt(inst.id, spec.notice.lead_time)
         except (ValueError, NotImplementedError):  # no notice to give: a graceful stop instead
-            await provider.terminate(inst.id)
+            await self._terminate(provider, inst.id)
 
     def _new_attempt(self, job: Job, spec: JobSpec, attempts: list[Attempt], provider: Provider,
                      decision: Decision | None = None) -> Attempt:
@@ -267,14 +332,16 @@ class Reconciler:
         return att
 
     async def _launch(self, job: Job, spec: JobSpec, att: Attempt, provider: Provider) -> None:
-        request = LaunchRequest(
-            token=att.token, job_id=job.id, attempt=att.number, run=spec.run, setup=spec.setup,
-            workdir=spec.workdir, env=dict(spec.env), spot=att.spot,
-            instance_type=att.instance_type, zone=att.zone, max_price=spec.max_price,
-            agent_args=spec.agent_args(default_store_url()),
-        )
         try:
-            inst = await provider.launch(request)
+            request = LaunchRequest(
+                token=att.token, job_id=job.id, attempt=att.number, run=spec.run, setup=spec.setup,
+                workdir=spec.workdir, env=dict(spec.env), spot=att.spot,
+                instance_type=att.instance_type, zone=att.zone, max_price=spec.max_price,
+                agent_args=spec.agent_args(), owner=self.db.identity,
+                secrets={**spec.agent_env(default_store_url()), **resolve_secrets(spec)},
+            )
+            async with self._launch_slots:
+                inst = await provider.launch(request)
         except LaunchRefused as exc:
             self._refused(job, spec, att, f"launch refused: {exc}")
             return
@@ -328,23 +395,36 @@ class Reconciler:
                 if inst.state == InstanceState.NOTICE and not self._has_event(s, job.id, att.number, "notice"):
                     repo.add_event(s, job.id, "notice", f"reclaim notice on {inst.id}; the agent is saving work", att.number)
             return
-        # Free the instance's disk first (idempotent), then record the end: a crash between
-        # the two is repaired by the next pass, which finds the attempt still open.
-        await provider.terminate(inst.id)
+        await self._act(job.id, self._finish_attempt(job, spec, att, inst, provider))
+
+    async def _finish_attempt(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance, provider: Provider) -> None:
+        # Free the instance first (idempotent; on a cloud an exited agent may leave a billed VM),
+        # then record the end: a crash between the two is repaired by the next pass, which finds
+        # the attempt still open.
+        await self._terminate(provider, inst.id)
         crash_point("after-terminate")
         ended = self._end_attempt(job, spec, att, inst)
         if ended == Cause.SUCCESS and spec.on_success == "delete" and spec.checkpoint is not None:
             await self._delete_checkpoints(job.id, spec)
+        relaunch_in = self._relaunch_due(job.id) if ended is not None else None
+        if relaunch_in is not None:  # relaunch now, not a pass later
+            await asyncio.sleep(relaunch_in)
+            await self._step(job.id)
+
+    async def _terminate(self, provider: Provider, instance_id: str) -> None:
+        async with self._terminate_slots:
+            await provider.terminate(instance_id)
 
     async def _delete_checkpoints(self, job_id: str, spec: JobSpec) -> None:
         """Best effort, after the job is recorded SUCCEEDED: a failure here is only reported."""
         from spotrun.controller.checkpoints import delete_checkpoints
 
         url = spec.checkpoint.store or default_store_url()
+        shown = repo.redact_url(url)
         try:
-            message = f"deleted {await delete_checkpoints(url, job_id)} snapshots from {url} (on_success: delete)"
+            message = f"deleted {await delete_checkpoints(url, job_id)} snapshots from {shown} (on_success: delete)"
         except Exception as exc:  # noqa: BLE001
-            message = f"could not delete the checkpoints in {url}: {exc}"
+            message = f"could not delete the checkpoints in {shown}: {str(exc).replace(url, shown)}"
         with self.db.session() as s:
             repo.add_event(s, job_id, "checkpoints", message)
 
@@ -354,12 +434,16 @@ class Reconciler:
             select(Event.id).where(Event.job_id == job_id, Event.attempt == attempt, Event.kind == kind)
         ).first() is not None
 
-    def _end_attempt(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance) -> Cause:
-        """Close the attempt and apply its outcome to the job, in one transaction."""
+    def _end_attempt(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance) -> Cause | None:
+        """Close the attempt and apply its outcome to the job, in one transaction; exactly once
+        (None when it was closed already, e.g. by a controller that took over the lease)."""
         cause = classify(inst)
         now = time.time()
         with self.db.session() as s:
-            a, j = s.get(Attempt, att.id), s.get(Job, job.id)
+            a = s.get(Attempt, att.id, with_for_update=True)
+            j = s.get(Job, job.id, with_for_update=True)
+            if a.ended_at is not None or JobStatus(j.status).terminal:
+                return None
             if a.cause == Cause.SWITCH.value and cause != Cause.SUCCESS:
                 cause = Cause.SWITCH  # we stopped it: however it exited, that is not the cloud's or the user's doing
             self._close(a, j, inst.ended_at or now, cause, inst.returncode)
@@ -424,7 +508,7 @@ class Reconciler:
             instance_id = att.instance_id or await self._instance_by_token(provider, job.id, att.token)
             inst = None
             if instance_id is not None:
-                await provider.terminate(instance_id)
+                await self._terminate(provider, instance_id)
                 inst = await provider.query(instance_id)
                 self._keep_log(job.id, att, inst)
             with self.db.session() as s:
@@ -448,36 +532,38 @@ class Reconciler:
             size = src.stat().st_size
         except FileNotFoundError:
             return
-        dst.parent.mkdir(parents=True, exist_ok=True)
         have = dst.stat().st_size if dst.exists() else 0
         if size < have:
             have = 0
             dst.unlink()
         if size > have:
-            with open(src, "rb") as fi, open(dst, "ab") as fo:
+            with open(src, "rb") as fi, open_private(dst, "ab") as fo:
                 fi.seek(have)
                 fo.write(fi.read(size - have))
 
     async def sweep_leaks(self) -> list[str]:
-        """Terminate live instances no open attempt owns: leaks from a crash (token unknown) or
-        an instance outliving its attempt."""
+        """Terminate live instances this database launched whose attempt has ended (an instance
+        outliving its attempt, e.g. after a crash between the end's record and its terminate).
+
+        Only instances stamped with this database's identity, and whose token it knows, are
+        judged: another controller's (another database, or one recreated under the same home)
+        are never touched, nor are instances from before identities existed.
+        """
         terminated = []
         with self.db.session() as s:
             names = {p for (p,) in s.execute(select(Job.provider).distinct())}
         for name in sorted(names):
             provider = self.provider(name)
             instances = await provider.list_instances()
-            live = [i for i in instances if i.state not in _ENDED]
-            if not live:
+            mine = [i for i in instances if i.state not in _ENDED and i.owner == self.db.identity]
+            if not mine:
                 continue
             with self.db.session() as s:  # read after listing: a row always precedes its instance
-                tokens = {t for (t,) in s.execute(select(Attempt.token).where(Attempt.ended_at.is_(None)))}
-                known = {t for (t,) in s.execute(select(Attempt.token).where(Attempt.token.in_([i.token for i in live])))}
-            for inst in live:
-                if inst.token in tokens:
-                    continue
-                why = "its token is unknown" if inst.token not in known else "its attempt has ended"
-                log.warning("terminating leaked instance %s: %s", inst.id, why)
-                await provider.terminate(inst.id)
-                terminated.append(inst.id)
+                ended = set(s.scalars(select(Attempt.token).where(
+                    Attempt.token.in_([i.token for i in mine]), Attempt.ended_at.is_not(None))))
+            for inst in mine:
+                if inst.token in ended:
+                    log.warning("terminating leaked instance %s: its attempt has ended", inst.id)
+                    await self._act(inst.id, self._terminate(provider, inst.id))
+                    terminated.append(inst.id)
         return terminated

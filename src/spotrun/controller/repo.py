@@ -10,6 +10,7 @@ import secrets
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -35,6 +36,26 @@ def logs_dir() -> Path:
 def kept_log(job_id: str, attempt: int) -> Path:
     """The controller's copy of an attempt's log; outlives the instance and its scratch dir."""
     return logs_dir() / job_id / f"attempt-{attempt}.log"
+
+
+def redact_url(url: str) -> str:
+    """A store URL as shown to people: its password and every query value (where object-store
+    URLs carry keys and tokens) replaced by ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{host}" if ":" in userinfo else netloc
+    query = "&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def shown_spec(spec: JobSpec) -> dict[str, Any]:
+    """The spec as `status` shows it: secrets are references already; store URLs are redacted."""
+    data = spec.model_dump()
+    if data.get("checkpoint") and data["checkpoint"].get("store"):
+        data["checkpoint"]["store"] = redact_url(data["checkpoint"]["store"])
+    return data
 
 
 def add_event(s: Session, job_id: str, kind: str, message: str, attempt: int | None = None) -> None:
@@ -129,7 +150,7 @@ def job_view(s: Session, job: Job, *, detail: bool = False) -> dict[str, Any]:
         "wall_s": round((job.finished_at or now) - job.created_at, 3),
     }
     if detail:
-        view["spec"] = JobSpec.model_validate_json(job.spec).model_dump()
+        view["spec"] = shown_spec(JobSpec.model_validate_json(job.spec))
         view["attempt_list"] = [
             {
                 "number": a.number, "instance_id": a.instance_id, "token": a.token, "spot": a.spot,

@@ -3,6 +3,10 @@
 On SQLite exactly one controller may run per database file (an flock beside the file; the
 kernel drops it when the process dies, so a SIGKILLed controller never leaves a stale lock).
 On PostgreSQL several may run; each job is leased to one of them (see the reconciler).
+
+Discovery is per database: `controllers/<key>.json` under `$SPOTRUN_HOME` names the one
+controller `spotrun controller status/stop` mean for the database `SPOTRUN_DB_URL` selects, so
+controllers of different databases sharing a home never overwrite or delete each other's.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,8 +26,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from sqlalchemy.engine import make_url
+
 from spotrun.controller.db import Database
-from spotrun.paths import home
+from spotrun.paths import default_db_url, home, open_private, private_dir
 
 START_WAIT_S = 30.0  # a cold start imports sqlalchemy and alembic; the machine may be loaded
 
@@ -34,12 +42,48 @@ class ControllerError(RuntimeError):
     pass
 
 
-def pid_file() -> Path:
-    return home() / "controller.json"
+def _controllers_dir() -> Path:
+    return private_dir(home() / "controllers")
 
 
-def log_file() -> Path:
-    return home() / "controller.log"
+def _key(db_url: str | None) -> str:
+    """Names a database's files: its URL without password, hashed (one per database, short)."""
+    url = make_url(db_url or default_db_url()).render_as_string(hide_password=True)
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def pid_file(db_url: str | None = None) -> Path:
+    return _controllers_dir() / f"{_key(db_url)}.json"
+
+
+def log_file(db_url: str | None = None) -> Path:
+    return _controllers_dir() / f"{_key(db_url)}.log"
+
+
+@contextlib.contextmanager
+def _pid_files_lock() -> Iterator[None]:
+    """Reading, claiming and removing discovery files take turns (dropped if the holder dies)."""
+    with open_private(_controllers_dir() / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _claim(db_url: str, info: dict) -> dict | None:
+    """Record this process as the database's controller unless a live one is recorded (a second
+    controller on PostgreSQL); returns that other one's info, else None."""
+    with _pid_files_lock():
+        other = _live_info(db_url)
+        if other is not None and other.get("pid") != os.getpid():
+            return other
+        with open_private(pid_file(db_url), "w") as f:
+            f.write(json.dumps(info))
+        return None
+
+
+def _release(db_url: str) -> None:
+    with _pid_files_lock(), contextlib.suppress(FileNotFoundError, ValueError):
+        if json.loads(pid_file(db_url).read_text()).get("pid") == os.getpid():
+            pid_file(db_url).unlink()
 
 
 @contextlib.contextmanager
@@ -93,14 +137,17 @@ def serve(db_url: str | None = None, market: Any = None, interval: float = 1.0, 
         reconciler = Reconciler(
             db, make_providers(market), interval=interval, lease_s=lease_s, exclusive=db.is_sqlite
         )
-        info = {"pid": os.getpid(), "db": db.url, "started_at": time.time(), "owner": reconciler.owner}
-        pid_file().write_text(json.dumps(info))
+        shown = make_url(db.url).render_as_string(hide_password=True)
+        info = {"pid": os.getpid(), "db": shown, "started_at": time.time(), "owner": reconciler.owner}
+        other = _claim(db.url, info)
+        if other is not None:
+            logging.getLogger("spotrun.controller").warning(
+                "controller %s (pid %s) is the one recorded for %s; `spotrun controller stop` stops that one, "
+                "this one stops with SIGTERM", info["owner"], other.get("pid"), shown)
         try:
             asyncio.run(_serve(reconciler))
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                if json.loads(pid_file().read_text()).get("pid") == os.getpid():
-                    pid_file().unlink()
+            _release(db.url)
             db.close()
 
 
@@ -112,14 +159,19 @@ async def _serve(reconciler: Any) -> None:
     await reconciler.run(stop)
 
 
-def daemon_info() -> dict | None:
-    """The running daemon's pid file contents, or None (a stale file is removed)."""
+def daemon_info(db_url: str | None = None) -> dict | None:
+    """The database's running controller as its discovery file says, or None (a stale file is removed)."""
+    with _pid_files_lock():
+        return _live_info(db_url)
+
+
+def _live_info(db_url: str | None) -> dict | None:
     try:
-        info = json.loads(pid_file().read_text())
+        info = json.loads(pid_file(db_url).read_text())
     except (FileNotFoundError, ValueError):
         return None
     if not _alive(info.get("pid", -1)):
-        pid_file().unlink(missing_ok=True)
+        pid_file(db_url).unlink(missing_ok=True)
         return None
     return info
 
@@ -146,7 +198,7 @@ def start_daemon(extra_args: list[str] | None = None) -> dict:
 
 
 def _spawn(extra_args: list[str] | None) -> dict:
-    with open(log_file(), "ab") as out:
+    with open_private(log_file(), "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "spotrun", "controller", "run", *(extra_args or [])],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -177,5 +229,6 @@ def stop_daemon(timeout: float = 30.0) -> int | None:
         time.sleep(0.05)
     if _alive(pid):
         os.kill(pid, signal.SIGKILL)
-    pid_file().unlink(missing_ok=True)
+    with _pid_files_lock():
+        _live_info(None)  # removes the file if it still names the stopped one
     return pid

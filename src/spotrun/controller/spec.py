@@ -7,12 +7,26 @@ because "validation error" without a place is what makes YAML configs painful.
 
 from __future__ import annotations
 
+import codecs
 import difflib
-from pathlib import Path
+import math
+import re
+import signal as signals
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from spotrun.agent.signals import parse_signal
 from spotrun.durations import parse_duration
@@ -26,23 +40,62 @@ class SpecError(ValueError):
         super().__init__("\n".join(problems))
 
 
+MAX_DURATION_S = 366 * 86400.0  # a year: anything longer is a typo (1e308, .inf), not a plan
+MAX_COUNT = 1_000_000  # budgets and `keep`: bounded so a typo cannot overflow anything downstream
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Names that carry credentials: their values belong in `secrets:`, never in the stored, shown spec.
+SECRET_NAME = re.compile(r"(^|_)(SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIALS?|(API|ACCESS|PRIVATE)_?KEY)(_|$)", re.I)
+
+
 def _duration(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError("must be a duration, e.g. 30, 90s, 2m, 1h30m, 250ms")
-    return parse_duration(value)
+    seconds = parse_duration(value)
+    if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
+        raise ValueError(f"must be a finite duration of at most 366d, not {value!r}")
+    return seconds
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise ValueError("must be a positive duration, e.g. 30s (0 would mean no pause at all)")
+    return value
+
+
+def _text(value: Any) -> Any:
+    """No NUL: the OS cannot pass it in an argument or an environment value, so every launch would fail."""
+    if isinstance(value, str) and "\0" in value:
+        raise ValueError("contains a NUL character, which no command line or environment can carry")
+    return value
 
 
 Duration = Annotated[float, BeforeValidator(_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(_duration), AfterValidator(_positive)]
+Text = Annotated[str, BeforeValidator(_text)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+
+
+def _inside_disk(value: str | None) -> str | None:
+    """A folder on the instance's disk: relative to the working directory and inside it, or
+    absolute (then `allow_paths` must name a root above it; see the cross-checks)."""
+    if value is None:
+        return None
+    path = PurePosixPath(value)
+    if not value.strip() or path == PurePosixPath("."):
+        raise ValueError("must name a folder inside the working directory, e.g. `checkpoints`, not the directory itself")
+    if ".." in path.parts:
+        raise ValueError(f"{value!r} leaves the working directory (`..`); use a folder inside it, e.g. `checkpoints`")
+    return value
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Resources(_Section):
     provider: str = "local"
     instance_type: str | None = None
-    zones: list[str] = Field(default_factory=list)
+    zones: list[str] = Field(default_factory=list, max_length=100)
     spot: bool | Literal["auto"] = True
     # With `spot: auto` and `recovery.deadline`, `compute` (the job's time on one uninterrupted
     # machine) turns on the deadline-aware market policy (default adaptive), which picks spot,
@@ -61,10 +114,12 @@ class Resources(_Section):
 
 
 class Checkpoint(_Section):
-    dir: str = "checkpoints"  # relative to the instance's working directory
-    store: str | None = None  # default: spotrun.paths.default_store_url() of the controller
-    sync_interval: Duration | None = None
-    keep: int | None = Field(default=None, ge=1)
+    # Relative to the instance's working directory: on relaunch the agent fills it from the
+    # store, so it must be the job's own folder, never an arbitrary place on the machine.
+    dir: Annotated[Text, AfterValidator(_inside_disk)] = "checkpoints"
+    store: Text | None = None  # default: spotrun.paths.default_store_url() of the controller
+    sync_interval: PositiveDuration | None = None
+    keep: int | None = Field(default=None, ge=1, le=MAX_COUNT)
 
 
 class Backoff(_Section):
@@ -73,8 +128,8 @@ class Backoff(_Section):
 
 
 class Recovery(_Section):
-    max_reclaims: int = Field(default=20, ge=0)
-    max_errors: int = Field(default=0, ge=0)  # restarts after the user's own failure
+    max_reclaims: Count = 20
+    max_errors: Count = 0  # restarts after the user's own failure
     backoff: Backoff = Field(default_factory=Backoff)
     deadline: Duration | None = None  # from launch; past it the job fails instead of retrying
 
@@ -87,17 +142,48 @@ class NoticeSpec(_Section):
     @classmethod
     def _signal(cls, value: Any) -> str:
         try:
-            return parse_signal(value).name
+            sig = parse_signal(value)
         except ValueError:
             raise ValueError(f"unknown signal {str(value)!r} (use e.g. SIGTERM, SIGINT, SIGUSR1)") from None
+        if sig in (signals.SIGKILL, signals.SIGSTOP):
+            raise ValueError(f"{sig.name} cannot be caught, so the command could never save its work; use SIGTERM, SIGINT or SIGUSR1")
+        return sig.name
+
+
+def _check_env_name(name: Any) -> None:
+    if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+        raise ValueError(f"{str(name)!r} is not an environment variable name (letters, digits and _, not starting with a digit; no `=` or NUL)")
+
+
+class SecretRef(_Section):
+    """Where the controller reads a secret when it launches an instance; the value itself is
+    never part of the spec, so it is never stored in the database or shown by `status`."""
+
+    file: Text | None = None  # a file readable by the controller (trailing newline dropped)
+    env: Text | None = None  # a variable in the controller's own environment
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reference(cls, value: Any) -> Any:
+        given = {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else None
+        if given is None or len(given) != 1 or not {"file", "env"} & set(given):
+            raise ValueError("give `{file: PATH}` or `{env: NAME}`: a secret's value never goes in the spec")
+        if "env" in given:
+            _check_env_name(given["env"])
+        return given
 
 
 class JobSpec(_Section):
-    name: str | None = None
-    run: str = Field(min_length=1)
-    setup: str | None = None
-    workdir: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    name: Text | None = Field(default=None, max_length=200)
+    run: Text = Field(min_length=1)
+    setup: Text | None = None
+    workdir: Text | None = None
+    env: dict[str, Text] = Field(default_factory=dict, max_length=1000)
+    secrets: dict[str, SecretRef] = Field(default_factory=dict, max_length=1000)
+    # Finished files here are uploaded to the store (`spotrun exec --outputs-dir`); same rules as checkpoint.dir.
+    outputs: Annotated[Text, AfterValidator(_inside_disk)] | None = None
+    # Absolute folders on the instance that checkpoint.dir / outputs may name (e.g. a local NVMe).
+    allow_paths: list[Text] = Field(default_factory=list, max_length=20)
     resources: Resources = Field(default_factory=Resources)
     checkpoint: Checkpoint | None = None
     recovery: Recovery = Field(default_factory=Recovery)
@@ -105,11 +191,34 @@ class JobSpec(_Section):
     max_price: float | None = Field(default=None, gt=0)
     on_success: Literal["keep", "delete"] = "keep"
 
-    @field_validator("env", mode="before")
+    @field_validator("run")
     @classmethod
-    def _env(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {str(k): "" if v is None else str(v) for k, v in value.items()}
+    def _run(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is blank: give the command to run, e.g. `run: python train.py`")
+        return value
+
+    @field_validator("env", "secrets", mode="before")
+    @classmethod
+    def _names(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, dict):
+            return value
+        for name in value:
+            _check_env_name(name)
+            if info.field_name == "env" and SECRET_NAME.search(name):
+                raise ValueError(f"{name} looks like a credential: move it to `secrets:` "
+                                 f"(e.g. `secrets: {{{name}: {{file: ~/.{name.lower()}}}}}`) so it is never stored or shown")
+        if info.field_name == "env":
+            return {k: "" if v is None else v if isinstance(v, str) else str(v) for k, v in value.items()}
+        return value
+
+    @field_validator("allow_paths")
+    @classmethod
+    def _allow_paths(cls, value: list[str]) -> list[str]:
+        for root in value:
+            path = PurePosixPath(root)
+            if not path.is_absolute() or ".." in path.parts or path == PurePosixPath("/"):
+                raise ValueError(f"{root!r}: each entry is an absolute folder other than / with no `..`, e.g. /mnt/nvme")
         return value
 
     @property
@@ -121,17 +230,27 @@ class JobSpec(_Section):
     def display_name(self) -> str:
         return self.name or self.run.split()[0].rsplit("/", 1)[-1]
 
-    def agent_args(self, default_store: str) -> tuple[str, ...]:
-        """The `spotrun exec` options this spec implies (checkpoint sync, notice signal)."""
+    def agent_args(self) -> tuple[str, ...]:
+        """The `spotrun exec` options this spec implies (checkpoint sync, outputs, notice signal).
+        The store URL is not one of them: it may carry credentials, so it goes by `agent_env`."""
         args: list[str] = ["--signal", self.notice.signal]
-        if self.checkpoint is not None:
-            ck = self.checkpoint
-            args += ["--checkpoint-dir", ck.dir, "--store", ck.store or default_store]
+        ck = self.checkpoint
+        if ck is not None:
+            args += ["--checkpoint-dir", ck.dir]
             if ck.sync_interval is not None:
                 args += ["--sync-interval", f"{ck.sync_interval}s"]
             if ck.keep is not None:
                 args += ["--keep", str(ck.keep)]
+        if self.outputs is not None:
+            args += ["--outputs-dir", self.outputs]
         return tuple(args)
+
+    def agent_env(self, default_store: str) -> dict[str, str]:
+        """What the agent reads from its environment ($SPOTRUN_STORE): handed to the instance
+        like a secret, never on a command line (`ps`) or in a record."""
+        if self.checkpoint is None and self.outputs is None:
+            return {}
+        return {"SPOTRUN_STORE": (self.checkpoint.store if self.checkpoint else None) or default_store}
 
 
 # --- loading with positions -------------------------------------------------------------------
@@ -159,8 +278,25 @@ def _clean_loc(loc: tuple) -> tuple:
     return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p == "bool")))
 
 
+def _confinement(spec: JobSpec) -> list[tuple[tuple, str]]:
+    """An absolute checkpoint.dir / outputs must lie under a root that `allow_paths` names."""
+    found = []
+    for loc, value in ((("checkpoint", "dir"), spec.checkpoint.dir if spec.checkpoint else None), (("outputs",), spec.outputs)):
+        if value is None or not PurePosixPath(value).is_absolute():
+            continue
+        if not any(PurePosixPath(value).is_relative_to(root) for root in spec.allow_paths):
+            found.append((loc, f"{value!r} is outside the instance's working directory; use a relative folder, "
+                               f"or name a root above it in `allow_paths`"))
+    return found
+
+
 def _cross_checks(spec: JobSpec) -> list[tuple[tuple, str]]:
     """Rules that span sections (a deadline-driven policy needs compute < deadline), as (loc, why)."""
+    clash = [(("secrets", name), "also set in `env`; give it in one place") for name in spec.secrets if name in spec.env]
+    return clash + _confinement(spec) + _capacity_checks(spec)
+
+
+def _capacity_checks(spec: JobSpec) -> list[tuple[tuple, str]]:
     res, deadline = spec.resources, spec.recovery.deadline
     if res.spot != "auto" or deadline is None:
         field = "compute" if res.compute is not None else "policy" if res.policy is not None else None
@@ -255,18 +391,112 @@ def _where(source: str, positions: dict[tuple, Pos], loc: tuple) -> str:
     return f"{source}:{line}:{col}" if line else source
 
 
+# Bounds on a job file, checked before anything is built from it: a job spec is a few dozen
+# lines, so these only stop hostile or broken files (a "billion laughs" of nested aliases,
+# 5000-deep nesting, a 5000-digit number) from costing time, memory or a traceback.
+MAX_SPEC_BYTES = 256 * 1024
+MAX_DEPTH = 32
+MAX_VALUES = 10_000  # nodes after expanding aliases
+MAX_ALIASES = 100
+MAX_INT_DIGITS = 30
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, with integers of bounded size (CPython refuses > 4300 digits with a
+    ValueError deep inside the constructor; a job spec never needs more than a few)."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        if len(node.value) > MAX_INT_DIGITS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a number of {len(node.value)} characters is out of range", node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+
+
+def _at(source: str, mark: yaml.Mark | None) -> str:
+    return f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+
+
+def _check_shape(text: str, source: str) -> None:
+    """Depth, alias and value counts from the event stream, which PyYAML parses without recursion."""
+    depth = aliases = values = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise SpecError([f"{_at(source, event.start_mark)}: nested more than {MAX_DEPTH} levels deep; a job spec needs a few"])
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise SpecError([f"{_at(source, event.start_mark)}: more than {MAX_ALIASES} aliases (*name); write the values out"])
+        values += 1
+        if values > MAX_VALUES:
+            raise SpecError([f"{_at(source, event.start_mark)}: more than {MAX_VALUES} values; a job spec needs a few dozen"])
+
+
+def _check_expansion(node: yaml.Node, source: str) -> None:
+    """Aliases share nodes; count what they expand to, and refuse one that contains itself."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in open_:
+            raise SpecError([f"{_at(source, n.start_mark)}: an alias refers to the value that contains it"])
+        if key not in sizes:
+            open_.add(key)
+            children = [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else (
+                n.value if isinstance(n, yaml.SequenceNode) else [])
+            total = 1
+            for child in children:
+                total += size(child)
+                if total > MAX_VALUES:
+                    raise SpecError([f"{_at(source, n.start_mark)}: aliases expand to more than {MAX_VALUES} values (a \"billion laughs\"?); write the values out"])
+            open_.discard(key)
+            sizes[key] = total
+        return sizes[key]
+
+    size(node)
+
+
+def _yaml_error(exc: yaml.YAMLError, source: str) -> SpecError:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    return SpecError([f"{_at(source, mark)}: invalid YAML: {' '.join(str(problem).split())}"])
+
+
 def load_spec_text(text: str, source: str = "<spec>") -> JobSpec:
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_BYTES:
+        raise SpecError([f"{source}: larger than {MAX_SPEC_BYTES // 1024} KiB; a job spec is a few dozen lines"])
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        _check_shape(text, source)
+        loader = _BoundedLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _check_expansion(node, source)
+                data = loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([f"{where}: invalid YAML: {problem}"]) from None
+        raise _yaml_error(exc, source) from None
     if node is None:
         raise SpecError([f"{source}: the file is empty; a job needs at least `run: COMMAND`"])
     return parse_spec(data, source, _positions(node))
+
+
+def decode_spec(raw: bytes, source: str) -> str:
+    """The text of a job file; UTF-8 only (a UTF-8 BOM is fine), with what to do otherwise."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise SpecError([f"{source}: the file is UTF-16 (or UTF-32) text; save it as UTF-8"])
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"{source}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as UTF-8"]) from None
 
 
 def load_spec(spec: JobSpec | str | Path | dict) -> JobSpec:
@@ -277,9 +507,12 @@ def load_spec(spec: JobSpec | str | Path | dict) -> JobSpec:
         return parse_spec(spec)
     path = Path(spec)
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise SpecError([f"{path}: no such file"]) from None
     except OSError as exc:
         raise SpecError([f"{path}: cannot read: {exc.strerror}"]) from None
-    return load_spec_text(text, str(path))
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError([f"{path}: larger than {MAX_SPEC_BYTES // 1024} KiB; a job spec is a few dozen lines"])
+    return load_spec_text(decode_spec(raw, str(path)), str(path))

@@ -38,6 +38,12 @@ class LaunchRequest:
     zone: str | None = None
     max_price: float | None = None
     agent_args: tuple[str, ...] = ()  # extra `spotrun exec` options (checkpoint, notice, ...)
+    # The identity of the database (controller cluster) launching it, kept with the instance:
+    # a controller terminates only instances that carry its own.
+    owner: str | None = None
+    # Resolved secret values for the command's environment: a provider hands them to the
+    # instance but never writes them into its records, logs or anything it lists.
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class Instance:
     ended_at: float | None = None
     returncode: int | None = None  # the agent's exit status once EXITED (75 = reclaimed)
     log_path: str | None = None
+    owner: str | None = None  # LaunchRequest.owner of the launch that made it
 
 
 class LaunchRefused(Exception):

@@ -71,7 +71,7 @@ class Launcher:
         except Exception as exc:  # the "VM" failed, not the job: the controller sees GONE
             final, returncode, detail = InstanceState.GONE, None, f"launcher failed: {exc!r}"
         beat.cancel()
-        await asyncio.to_thread(procs.kill_instance, self.spec.id)
+        left = await asyncio.to_thread(procs.kill_instance, self.spec.id)
         if final != InstanceState.EXITED:
             # Reclaimed or stopped: the disk goes with the machine, as a VM's does.
             await asyncio.to_thread(shutil.rmtree, self.spec.scratch, True)
@@ -79,7 +79,7 @@ class Launcher:
             with contextlib.suppress(Exception):  # the instance is over either way
                 await emulator.stop()
         self._say(f"{final.value}: {detail}")
-        self._set(final, returncode=returncode, detail=detail)
+        self._set(final, returncode=returncode, detail=detail, stragglers=bool(left))
 
     @property
     def workdir(self) -> Path:

@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from spotrun.paths import private_dir, private_file
 from spotrun.providers.base import Instance, InstanceState, LaunchRefused, LaunchRequest
 from spotrun.providers.local import market as market_mod
 from spotrun.providers.local import procs
@@ -42,7 +43,7 @@ class LocalProvider:
     def __init__(self, root: Path, market: MarketConfig | None = None) -> None:
         self.root = Path(root)
         self.market = market or MarketConfig()
-        (self.root / "instances").mkdir(parents=True, exist_ok=True)
+        private_dir(self.root / "instances")  # records, logs and disks: this user's only
 
     def _record(self, instance_id: str) -> InstanceDir:
         return InstanceDir(self.root, instance_id)
@@ -75,9 +76,10 @@ class LocalProvider:
         record = self._record(instance_id_for(request.token))
         async with self._launch_lock(record):
             if record.launcher_pid() is None:
-                record.write_spec(self._spec(record.id, request))
+                # fsync and fork off the event loop: a controller launching many must not stall
+                await asyncio.to_thread(record.write_spec, self._spec(record.id, request))
                 record.state_file.unlink(missing_ok=True)  # from a launch that crashed half-way
-                await self._start_launcher(record)
+                await self._start_launcher(record, request.secrets)
         return await self.query(record.id)
 
     def _spec(self, instance_id: str, request: LaunchRequest) -> Spec:
@@ -117,6 +119,7 @@ class LocalProvider:
             scratch=str(self.scratch_dir(instance_id)),
             log_path=str(self._log_path(request.job_id, request.attempt)),
             launched_at=now,
+            owner=request.owner,
         )
 
     def scratch_dir(self, instance_id: str) -> Path:
@@ -125,15 +128,16 @@ class LocalProvider:
 
     def _log_path(self, job_id: str, attempt: int) -> Path:
         """Outside the scratch directory, so the log outlives a reclaim."""
-        path = self.root / "logs" / job_id / f"attempt-{attempt}.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        return private_file(self.root / "logs" / job_id / f"attempt-{attempt}.log")
 
-    async def _start_launcher(self, record: InstanceDir) -> None:
+    async def _start_launcher(self, record: InstanceDir, secrets: dict[str, str]) -> None:
+        # Secrets travel in the launcher's environment (readable only by this user, gone with
+        # the process), never in spec.json: the command inherits them from there.
         with open(record.launcher_log, "ab") as log:
-            proc = subprocess.Popen(
+            proc = await asyncio.to_thread(
+                subprocess.Popen,
                 [sys.executable, "-m", "spotrun.providers.local.instance", str(self.root), record.id],
-                env={**os.environ, **procs.marker_env(record.id)},
+                env={**os.environ, **secrets, **procs.marker_env(record.id)},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -168,15 +172,19 @@ class LocalProvider:
         self, record: InstanceDir, spec: Spec, state: State, final: InstanceState, detail: str
     ) -> State:
         """Free what a dead or stuck launcher left behind and record the end."""
-        await self._free(spec)
-        state = state.to(final, detail=detail)
+        left = await self._free(spec)
+        state = state.to(final, detail=detail, stragglers=bool(left))
         record.write_state(state)
         return state
 
     @staticmethod
-    async def _free(spec: Spec) -> None:
-        await asyncio.to_thread(procs.kill_instance, spec.id)
+    async def _free(spec: Spec, kill: bool = True) -> list[int]:
+        """Kill what is left of the instance and delete its disk; returns the pids that survived.
+        `kill=False` skips the scan of every process on the machine (costly, and holding the
+        GIL) for an instance whose end was recorded after a kill that left none."""
+        left = await asyncio.to_thread(procs.kill_instance, spec.id) if kill else []
         await asyncio.to_thread(shutil.rmtree, spec.scratch, True)
+        return left
 
     async def list_instances(self, job_id: str | None = None) -> list[Instance]:
         instances = []
@@ -201,7 +209,7 @@ class LocalProvider:
                 await self._bury(record, spec, state, InstanceState.TERMINATED, "terminated")
             else:
                 # Already over (exited, reclaimed): free the disk and any straggler, keep its story.
-                await self._free(spec)
+                await self._free(spec, kill=state.stragglers)
 
     @staticmethod
     async def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:

@@ -49,6 +49,7 @@ class Spec:
     scratch: str
     log_path: str
     launched_at: float
+    owner: str | None = None  # LaunchRequest.owner; records from before owners existed have none
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class State:
     returncode: int | None = None
     ended_at: float | None = None
     detail: str | None = None  # why it ended, for people reading `spotrun` output
+    # Whether a process of the instance may have outlived its end: False once the final state
+    # was written after a kill that left none (records from before this field: unknown, True).
+    stragglers: bool = True
 
     def to(self, state: InstanceState, **changes: Any) -> State:
         if state in FINAL_STATES and self.ended_at is None:
@@ -142,6 +146,7 @@ def to_instance(spec: Spec, state: State) -> Instance:
         ended_at=state.ended_at,
         returncode=state.returncode,
         log_path=spec.log_path,
+        owner=spec.owner,
     )
 
 
