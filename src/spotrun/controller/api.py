@@ -16,6 +16,7 @@ from spotrun.controller import repo
 from spotrun.controller.db import Database
 from spotrun.controller.models import JobStatus
 from spotrun.controller.spec import JobSpec, SpecError, load_spec
+from spotrun.redact import redact_url
 
 KNOWN_PROVIDERS = ("local",)
 STORE_SCHEMES = ("file", "s3", "gs", "az", "azure", "abfs", "memory")
@@ -103,7 +104,7 @@ def prepare_spec(spec: JobSpec | str | Path | dict) -> JobSpec:
 def _store_problems(url: str) -> list[str]:
     parsed = urlparse(url)
     if parsed.scheme not in STORE_SCHEMES:
-        return [f"checkpoint.store: {repo.redact_url(url)!r} is not a store URL (use file:///path, s3://bucket/prefix, gs://..., az://...)"]
+        return [f"checkpoint.store: {redact_url(url)!r} is not a store URL (use file:///path, s3://bucket/prefix, gs://..., az://...)"]
     if parsed.scheme == "file":
         root = Path(parsed.path)
         probe = next((p for p in (root, *root.parents) if p.exists()), None)

@@ -44,6 +44,7 @@ from spotrun.controller.spec import JobSpec
 from spotrun.market.policy import IDLE, ON_DEMAND_KIND, SPOT_KIND, Decision
 from spotrun.paths import default_store_url, open_private
 from spotrun.providers.base import Instance, InstanceState, LaunchRefused, LaunchRequest, Provider
+from spotrun.redact import redact_url
 
 log = logging.getLogger("spotrun.controller")
 
@@ -420,7 +421,7 @@ class Reconciler:
         from spotrun.controller.checkpoints import delete_checkpoints
 
         url = spec.checkpoint.store or default_store_url()
-        shown = repo.redact_url(url)
+        shown = redact_url(url)
         try:
             message = f"deleted {await delete_checkpoints(url, job_id)} snapshots from {shown} (on_success: delete)"
         except Exception as exc:  # noqa: BLE001

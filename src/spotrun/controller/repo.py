@@ -10,7 +10,6 @@ import secrets
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -19,6 +18,7 @@ from spotrun.controller.db import Database
 from spotrun.controller.models import ACTIVE, Attempt, Event, Job, JobStatus
 from spotrun.controller.spec import JobSpec
 from spotrun.paths import home
+from spotrun.redact import redact_url
 
 
 class JobNotFound(LookupError):
@@ -36,18 +36,6 @@ def logs_dir() -> Path:
 def kept_log(job_id: str, attempt: int) -> Path:
     """The controller's copy of an attempt's log; outlives the instance and its scratch dir."""
     return logs_dir() / job_id / f"attempt-{attempt}.log"
-
-
-def redact_url(url: str) -> str:
-    """A store URL as shown to people: its password and every query value (where object-store
-    URLs carry keys and tokens) replaced by ***."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{host}" if ":" in userinfo else netloc
-    query = "&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def shown_spec(spec: JobSpec) -> dict[str, Any]:
