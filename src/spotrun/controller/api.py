@@ -17,7 +17,7 @@ from spotrun.controller.db import Database
 from spotrun.controller.models import JobStatus
 from spotrun.controller.spec import JobSpec, SpecError, load_spec
 
-KNOWN_PROVIDERS = ("local",)
+KNOWN_PROVIDERS = ("local", "aws")
 STORE_SCHEMES = ("file", "s3", "gs", "az", "azure", "abfs", "memory")
 
 
@@ -92,6 +92,9 @@ def prepare_spec(spec: JobSpec | str | Path | dict) -> JobSpec:
         job = job.model_copy(update={"workdir": str(workdir)})
     if job.checkpoint is not None and job.checkpoint.store is not None:
         problems += _store_problems(job.checkpoint.store)
+        if job.resources.provider != "local" and urlparse(job.checkpoint.store).scheme == "file":
+            problems.append(f"checkpoint.store: {job.resources.provider} instances cannot reach {job.checkpoint.store}; "
+                            "use s3://bucket/prefix, or leave it out for the provider's own store")
     if problems:
         raise SpecError(problems)
     return job

@@ -243,14 +243,18 @@ class Reconciler:
         res = spec.resources
         if decision is not None:
             spot, zone = decision.kind == SPOT_KIND, zone_of(spec, decision)
+            itype = res.instance_types[0]
         else:
-            spot = res.spot if res.spot != "auto" else job.refusals < AUTO_ON_DEMAND_AFTER
-            zone = res.zones[len(attempts) % len(res.zones)] if res.zones else None
-        spot_price, od_price = provider.prices(res.instance_type, zone)
+            # Each new attempt takes the next (zone, instance type): a refusal or a reclaim moves
+            # the job on; `spot: auto` turns to on-demand once a whole round was refused.
+            places = res.placements()
+            spot = res.spot if res.spot != "auto" else job.refusals < max(AUTO_ON_DEMAND_AFTER, len(places))
+            zone, itype = places[len(attempts) % len(places)]
+        spot_price, od_price = provider.prices(itype, zone)
         att = Attempt(
             job_id=job.id, number=(attempts[-1].number + 1) if attempts else 1,
             token=f"{job.id}-{os.urandom(8).hex()}", spot=spot, zone=zone,
-            instance_type=res.instance_type, price=spot_price if spot else od_price,
+            instance_type=itype, price=spot_price if spot else od_price,
             on_demand_price=od_price, created_at=time.time(), cost=0.0,
         )
         with self.db.session() as s:
@@ -271,7 +275,8 @@ class Reconciler:
             token=att.token, job_id=job.id, attempt=att.number, run=spec.run, setup=spec.setup,
             workdir=spec.workdir, env=dict(spec.env), spot=att.spot,
             instance_type=att.instance_type, zone=att.zone, max_price=spec.max_price,
-            agent_args=spec.agent_args(default_store_url()),
+            agent_args=spec.agent_args(getattr(provider, "store_url", None) or default_store_url()),
+            cloud=spec.cloud_settings(att.zone),
         )
         try:
             inst = await provider.launch(request)
@@ -306,7 +311,9 @@ class Reconciler:
             if fatal:
                 self._set_finished(s, j, JobStatus.FAILED, message)
                 return
-            delay = backoff_delay(spec.recovery.backoff.base, spec.recovery.backoff.max, j.refusals, self.rng)
+            # The next untried zone or instance type at once; a whole round refused backs off.
+            round_done = (j.refusals + 1) % len(spec.resources.placements()) == 0
+            delay = backoff_delay(spec.recovery.backoff.base, spec.recovery.backoff.max, j.refusals, self.rng) if round_done else 0.0
             j.refusals += 1
             j.next_launch_at, j.updated_at = now + delay, now
             launched_before = any(x.instance_id for x in repo.attempts_of(s, job.id))

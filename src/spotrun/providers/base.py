@@ -38,6 +38,7 @@ class LaunchRequest:
     zone: str | None = None
     max_price: float | None = None
     agent_args: tuple[str, ...] = ()  # extra `spotrun exec` options (checkpoint, notice, ...)
+    cloud: dict = field(default_factory=dict)  # the spec's cloud-only settings (region, image, aws: ...)
 
 
 @dataclass(frozen=True)
