@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from concurrent.futures import Future
@@ -162,7 +163,7 @@ class VmRunner:
         self.lifetime_s = lifetime_s  # mean spot lifetime of the market mode (the demo); None: only on request
         self.rng = random.Random(seed)
         self.vms: dict[str, Vm] = {}
-        self.reclaims: list[dict[str, float]] = []  # notice time, moto termination time, per reclaim
+        self.reclaims: list[dict[str, Any]] = []  # instance and notice time, per reclaim
 
     async def run(self) -> None:
         while True:
@@ -216,11 +217,11 @@ class VmRunner:
             return
         lead = self.lead_s if lead_s is None else lead_s
         vm.notice_at = time.time()
+        self.reclaims.append({"instance": ec2_id, "notice_at": vm.notice_at})
         vm.emulator.trigger("reclaim", action="terminate", lead_s=lead)
         await asyncio.sleep(lead)
-        if vm.ended is None:
+        if vm.ended is None:  # else the agent saved work and powered off before the deadline
             await self._end_in_moto(vm, "Server.SpotInstanceTermination", "Server.SpotInstanceTermination: Spot instance termination")
-            self.reclaims.append({"notice_at": vm.notice_at, "terminated_at": time.time()})
             await self._kill(vm, "reclaimed", grace_s=0.0)
 
     async def _end_in_moto(self, vm: Vm, code: str, message: str) -> None:
@@ -311,6 +312,8 @@ class LocalAws:
             "SPOTRUN_AWS_INSTALL": f"python:{self.python}",
             "SPOTRUN_AWS_IMAGE": "ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
         }
+        # moto keeps its state per process, not per server: start from an empty cloud.
+        urllib.request.urlopen(urllib.request.Request(f"{self.moto_url}/moto-api/reset", method="POST"), timeout=30)
         session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing")
         session.client("s3", region_name=region, endpoint_url=self.moto_url).create_bucket(Bucket=self.bucket)
         ec2 = {r: session.client("ec2", region_name=r, endpoint_url=self.moto_url) for r in self.regions}

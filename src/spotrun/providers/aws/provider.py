@@ -74,6 +74,7 @@ class AwsProvider:
         self._checked: set[tuple] = set()
         self._images: dict[tuple[str, str], tuple[str, str]] = {}  # (region, image) -> (ami, root device)
         self._ended_seen: dict[str, float] = {}
+        self._terminated: set[str] = set()  # seen `terminated` in EC2: final, nothing left to stop
 
     @property
     def store_url(self) -> str:
@@ -287,6 +288,8 @@ class AwsProvider:
         job_id, attempt = tags.get(TAG_JOB, ""), int(tags.get(TAG_ATTEMPT, "0") or 0)
         launched_at = raw["LaunchTime"].timestamp()
         cloud_state, reason = self._cloud_state(raw)
+        if raw["State"]["Name"] == "terminated":
+            self._terminated.add(iid)
         now = time.time()
         seen = outcome(
             cloud_state, reason, statuses.get((job_id, attempt)), launched_at=launched_at, now=now,
@@ -325,6 +328,8 @@ class AwsProvider:
     # --- stop ----------------------------------------------------------------------------
 
     async def terminate(self, instance_id: str) -> None:
+        if instance_id in self._terminated:  # no call, and EC2's reason for the end stays as it was
+            return
         region, _, ec2_id = instance_id.partition(":")
         try:
             await self._ec2(region, "terminate_instances", InstanceIds=[ec2_id])
