@@ -82,6 +82,7 @@ class FaultProxy:
     refusals: list[Refusal] = field(default_factory=list)
     spot_prices: dict[tuple[str, str], float] = field(default_factory=dict)  # (type, zone) -> $/h
     calls: Counter[str] = field(default_factory=Counter)
+    history: list[tuple[float, str]] = field(default_factory=list)  # (time, action) of every call
     refused: Counter[str] = field(default_factory=Counter)
     url: str = ""
 
@@ -107,6 +108,7 @@ class FaultProxy:
         params = {k: v[0] for k, v in parse_qs(body.decode(errors="replace")).items()} if body else {}
         action = params.get("Action", "?")
         self.calls[action] += 1
+        self.history.append((time.time(), action))
         rid = str(uuid.uuid4())
         if action == "RunInstances" and (rule := self._refusal(params)):
             status, message = EC2_ERRORS[rule.code]
@@ -273,12 +275,13 @@ class LocalAws:
 
     def __init__(self, root: Path, *, python: str = sys.executable, regions: tuple[str, ...] = ("us-east-1",),
                  bucket: str = "spotrun-local", lead_s: float = 3.0, lifetime_s: float | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, boot: bool = True) -> None:
         self.root = Path(root)
         self.python = python
         self.regions = regions
         self.bucket = bucket
         self.runner_args = {"lead_s": lead_s, "lifetime_s": lifetime_s, "seed": seed}
+        self.boot = boot  # False: instances stay as moto made them (control-plane benchmarks)
         self.env: dict[str, str] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="local-aws")
@@ -319,7 +322,8 @@ class LocalAws:
         ec2 = {r: session.client("ec2", region_name=r, endpoint_url=self.moto_url) for r in self.regions}
         vm_env = {**os.environ, **self.env}
         self.runner = VmRunner(ec2, ec2_backends, self.root / "vms", vm_env, **self.runner_args)  # type: ignore[arg-type]
-        self._runner_task = self.call(self._start_runner())
+        if self.boot:
+            self._runner_task = self.call(self._start_runner())
         return self
 
     async def _serve_proxy(self) -> str:
