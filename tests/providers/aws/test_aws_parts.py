@@ -89,3 +89,12 @@ def test_spec_cloud_fields() -> None:
         parse_spec({"run": "x", "resources": {"cloud": "aws", "provider": "local"}})
     with pytest.raises(SpecError, match="greater than or equal to 8"):
         parse_spec({"run": "x", "resources": {"cloud": "aws", "disk_gb": 2}})
+
+
+def test_wheelhouse_install_fetches_one_tar_with_the_standard_library() -> None:
+    lines = userdata.install_lines("wheelhouse:/w", "http://127.0.0.1:9/b/wheelhouses/x.tar?X-Amz-Signature=abc")
+    subprocess.run(["bash", "-n"], input=lines, text=True, check=True)
+    assert "'http://127.0.0.1:9/b/wheelhouses/x.tar?X-Amz-Signature=abc'" in lines
+    assert '--no-index --find-links "$ROOT/wheels" spotrun' in lines and "import boto3" not in lines
+    with pytest.raises(ValueError, match="wheelhouse:<dir>"):
+        userdata.install_lines("wheelhouse:/w")  # no URL: the provider must sign one

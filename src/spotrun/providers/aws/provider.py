@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 import re
+import tarfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from spotrun.providers.status import Status, StatusReader, outcome
 log = logging.getLogger("spotrun.aws")
 
 TAG_JOB, TAG_ATTEMPT, TAG_TOKEN, TAG_PRICE = "spotrun:job", "spotrun:attempt", "spotrun:token", "spotrun:price"
+WHEELHOUSE_URL_S = 6 * 3600  # a launch's boot script is used within minutes; a relaunch signs anew
 FLEET_TTL_S = 0.5  # observations this close together share one describe (one reconciler pass)
 _ZONE = re.compile(r"^([a-z]{2}(-gov)?-[a-z]+-\d+)[a-z]$")
 
@@ -43,6 +46,14 @@ def region_of(zone: str) -> str | None:
     """`us-east-1a` -> `us-east-1`; None for a region name."""
     match = _ZONE.match(zone)
     return match.group(1) if match else None
+
+
+def _tar(files: list[Path]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in files:
+            tar.add(path, arcname=path.name)
+    return buf.getvalue()
 
 
 def client_token(token: str) -> str:
@@ -74,6 +85,7 @@ class AwsProvider:
         self._checked: set[tuple] = set()
         self._images: dict[tuple[str, str], tuple[str, str]] = {}  # (region, image) -> (ami, root device)
         self._ended_seen: dict[str, float] = {}
+        self._wheelhouses: dict[str, str] = {}  # folder -> its tar's key in the store
         self._terminated: set[str] = set()  # seen `terminated` in EC2: final, nothing left to stop
 
     @property
@@ -179,12 +191,32 @@ class AwsProvider:
         return args
 
     async def _boot_plan(self, request: LaunchRequest) -> userdata.BootPlan:
+        install = request.cloud.get("install") or self.config.install
         return userdata.BootPlan(
             job_id=request.job_id, attempt=request.attempt, run=request.run, setup=request.setup,
-            status_store=self.config.store, install=request.cloud.get("install") or self.config.install,
-            version=__version__, workdir_key=await self._upload_workdir(request.workdir),
-            env=dict(request.env), agent_args=request.agent_args,
+            status_store=self.config.store, install=install, version=__version__,
+            workdir_key=await self._upload_workdir(request.workdir), env=dict(request.env),
+            agent_args=request.agent_args, wheelhouse_url=await self._wheelhouse_url(install),
         )
+
+    async def _wheelhouse_url(self, install: str) -> str | None:
+        """`wheelhouse:<dir>`: its wheels as one tar in the store (uploaded once per content), and a
+        pre-signed GET of it, good for `WHEELHOUSE_URL_S`: the VM needs no SDK to fetch it."""
+        kind, _, folder = install.partition(":")
+        if kind != "wheelhouse":
+            return None
+        if folder not in self._wheelhouses:
+            wheels = sorted(Path(folder).glob("*.whl"))
+            if not any(w.name.startswith("spotrun-") for w in wheels):
+                raise ValueError(f"wheelhouse {folder} has no spotrun wheel: build it with `pip wheel --wheel-dir {folder} spotrun`")
+            data = await asyncio.to_thread(_tar, wheels)
+            key = f"wheelhouses/{hashlib.sha256(data).hexdigest()}.tar"
+            await self._status.backend.put(key, data, create=True)
+            self._wheelhouses[folder] = key
+        bucket, _, prefix = self.config.store.removeprefix("s3://").partition("/")
+        key = f"{prefix.strip('/')}/{self._wheelhouses[folder]}".lstrip("/")
+        s3 = self.client("s3", self.config.region)
+        return s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=WHEELHOUSE_URL_S)
 
     async def _upload_workdir(self, workdir: str | None) -> str | None:
         """Content-addressed: an unchanged workdir is uploaded once for every attempt and job."""

@@ -4,7 +4,8 @@ It installs spotrun, fetches the job's workdir from the store, and runs setup an
 `spotrun exec`, which hears the reclaim notice, syncs checkpoints and reports to the controller
 through the status record in the store. When the agent exits the machine powers itself off,
 and `InstanceInitiatedShutdownBehavior=terminate` turns that into termination: nothing is left
-running or billed. The script holds no secret: the instance reads the store with its IAM role.
+running or billed. The script holds no secret: the instance reads the store with its IAM role
+(a wheelhouse install carries a pre-signed URL that can read the wheels and nothing else).
 
 `SPOTRUN_VM_ROOT` and `SPOTRUN_METADATA_URL` are set only by the VM runner (tests, `spotrun demo
 --cloud aws`), which plays the VM on this machine: the same script then keeps its files under a
@@ -49,25 +50,36 @@ class BootPlan:
     attempt: int
     run: str
     status_store: str
-    install: str  # "pip:<requirement>" or "python:<path of an interpreter that has spotrun>"
+    install: str  # see `install_lines`
     version: str
     setup: str | None = None
     workdir_key: str | None = None  # `workdirs/<digest>.tar.gz` in `status_store`
     env: dict[str, str] = field(default_factory=dict)
     agent_args: tuple[str, ...] = ()
+    wheelhouse_url: str | None = None  # a pre-signed GET of the wheelhouse tar: a capability to read wheels, not a credential
 
 
-def install_lines(install: str) -> str:
+_VENV = 'PY="$ROOT/venv/bin/python"\n[ -x "$PY" ] || python3 -m venv "$ROOT/venv" || exit 90\n'
+_PIP = '"$ROOT/venv/bin/pip" install -q --disable-pip-version-check'
+# The wheelhouse is one tar in the store, fetched with the standard library before spotrun exists.
+_FETCH_WHEELS = """python3 -c 'import sys, tarfile, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=60) as r, tarfile.open(fileobj=r, mode="r|") as t: t.extractall(sys.argv[2], filter="data")' {url} "$ROOT/wheels" || exit 93"""
+
+
+def install_lines(install: str, wheelhouse_url: str | None = None) -> str:
+    """`python:<path>`: the image has spotrun. `pip:<requirement>`: from PyPI (or your index).
+    `wheelhouse:<dir>`: the controller's wheels (spotrun and every dependency), from the store."""
     kind, _, arg = install.partition(":")
     if kind == "python" and arg:
         return f"PY={shlex.quote(arg)}"
     if kind == "pip" and arg:
-        return (
-            'PY="$ROOT/venv/bin/python"\n'
-            '[ -x "$PY" ] || python3 -m venv "$ROOT/venv" || exit 90\n'
-            f'"$ROOT/venv/bin/pip" install -q --disable-pip-version-check {shlex.quote(arg)} || exit 91'
-        )
-    raise ValueError(f"aws install {install!r}: use pip:<requirement> (e.g. pip:spotrun==0.1.0) or python:<path>")
+        return f"{_VENV}{_PIP} {shlex.quote(arg)} || exit 91"
+    if kind == "wheelhouse" and arg and wheelhouse_url:
+        fetch = _FETCH_WHEELS.format(url=shlex.quote(wheelhouse_url))
+        return f'{_VENV}mkdir -p "$ROOT/wheels"\n{fetch}\n{_PIP} --no-index --find-links "$ROOT/wheels" spotrun || exit 91'
+    raise ValueError(
+        f"aws install {install!r}: use pip:<requirement> (e.g. pip:spotrun==0.1.0), python:<path> or wheelhouse:<dir>"
+    )
 
 
 def render(plan: BootPlan) -> str:
@@ -78,7 +90,7 @@ def render(plan: BootPlan) -> str:
     )
     env = "\n".join(f"export {k}={q(v)}" for k, v in sorted(plan.env.items()))
     return _TEMPLATE.format(
-        job_id=q(plan.job_id), attempt=plan.attempt, version=plan.version, install=install_lines(plan.install),
+        job_id=q(plan.job_id), attempt=plan.attempt, version=plan.version, install=install_lines(plan.install, plan.wheelhouse_url),
         fetch=fetch, env=env, setup=q(plan.setup or ""), run=q(plan.run), status_store=q(plan.status_store),
         agent_args=" ".join(q(a) for a in plan.agent_args),
     )
