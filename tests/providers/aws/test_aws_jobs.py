@@ -9,7 +9,7 @@ from pathlib import Path
 
 import boto3
 
-from spotrun.controller import api, repo
+from spotrun.controller import repo
 from spotrun.controller.db import Database
 from spotrun.controller.demo import read_progress
 from spotrun.emulators.local_aws import LocalAws
@@ -18,28 +18,10 @@ from spotrun.providers.base import InstanceState
 from spotrun.sdk.events import EVENTS_ENV
 
 from tests.controller.helpers import async_wait_until, wait_until
+from tests.controller.test_reconciler import live_instance, submit, view, wait_status
 
 TRAIN = Path(__file__).resolve().parents[3] / "examples" / "train.py"
 ZONES = ["us-east-1a", "us-east-1b"]
-
-
-def submit(spec: dict) -> str:
-    return api.launch(spec, start_controller=False).id
-
-
-def view(db: Database, job_id: str) -> dict:
-    return repo.get_view(db, job_id)
-
-
-async def wait_status(db: Database, job_id: str, *statuses: str, timeout: float = 120) -> dict:
-    await async_wait_until(lambda: view(db, job_id)["status"] in statuses, timeout, f"job {job_id} to be {statuses}")
-    return view(db, job_id)
-
-
-def live_instance(db: Database, job_id: str) -> str | None:
-    with db.session() as s:
-        live = [a for a in repo.attempts_of(s, job_id) if a.ended_at is None and a.instance_id]
-    return live[-1].instance_id if live else None
 
 
 def ec2_instances(**filters: list[str]) -> list[dict]:
