@@ -85,6 +85,13 @@ def prepare_spec(spec: JobSpec | str | Path | dict) -> JobSpec:
     problems = []
     if job.resources.provider not in KNOWN_PROVIDERS:
         problems.append(f"resources.provider: unknown provider {job.resources.provider!r} (available: {', '.join(KNOWN_PROVIDERS)})")
+    if job.resources.provider == "aws":
+        from spotrun.providers.aws import AwsConfig
+
+        try:
+            AwsConfig.from_env()
+        except ValueError as exc:
+            problems.append(f"resources.cloud: {exc}")
     if job.workdir is not None:
         workdir = (base / job.workdir).resolve()
         if not workdir.is_dir():

@@ -98,3 +98,15 @@ def test_wheelhouse_install_fetches_one_tar_with_the_standard_library() -> None:
     assert '--no-index --find-links "$ROOT/wheels" spotrun' in lines and "import boto3" not in lines
     with pytest.raises(ValueError, match="wheelhouse:<dir>"):
         userdata.install_lines("wheelhouse:/w")  # no URL: the provider must sign one
+
+
+def test_an_aws_job_without_a_store_is_refused_at_submission(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spotrun.controller.api import prepare_spec
+
+    monkeypatch.delenv("SPOTRUN_AWS_STORE", raising=False)
+    with pytest.raises(SpecError, match="SPOTRUN_AWS_STORE=s3://bucket/prefix"):
+        prepare_spec({"run": "x", "resources": {"cloud": "aws"}})
+    monkeypatch.setenv("SPOTRUN_AWS_STORE", "s3://bucket/runs")
+    with pytest.raises(SpecError, match="instances cannot reach file://"):
+        prepare_spec({"run": "x", "resources": {"cloud": "aws"}, "checkpoint": {"store": "file:///tmp/x"}})
+    assert prepare_spec({"run": "x", "resources": {"cloud": "aws"}}).resources.provider == "aws"
