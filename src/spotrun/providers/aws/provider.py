@@ -33,7 +33,7 @@ log = logging.getLogger("spotrun.aws")
 
 TAG_JOB, TAG_ATTEMPT, TAG_TOKEN, TAG_PRICE = "spotrun:job", "spotrun:attempt", "spotrun:token", "spotrun:price"
 WHEELHOUSE_URL_S = 6 * 3600  # a launch's boot script is used within minutes; a relaunch signs anew
-FLEET_TTL_S = 0.5  # observations this close together share one describe (one reconciler pass)
+FLEET_TTL_S = 1.0  # observations this close share one describe: one per pass at the default 1 s interval, at most one a second
 _ZONE = re.compile(r"^([a-z]{2}(-gov)?-[a-z]+-\d+)[a-z]$")
 
 # EC2's own reason codes for an instance that is going or gone.
