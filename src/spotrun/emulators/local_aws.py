@@ -166,6 +166,7 @@ class VmRunner:
         self.rng = random.Random(seed)
         self.vms: dict[str, Vm] = {}
         self.reclaims: list[dict[str, Any]] = []  # instance and notice time, per reclaim
+        self._tasks: set[asyncio.Future] = set()  # machines shutting down (terminated from outside)
 
     async def run(self) -> None:
         while True:
@@ -185,7 +186,10 @@ class VmRunner:
                 if vm is None and state in ("pending", "running"):
                     await self._boot(region, raw)
                 elif vm is not None and vm.ended is None and state not in ("pending", "running"):
-                    await self._power_cut(vm, f"{state} in EC2")
+                    vm.ended = f"{state} in EC2"  # its shutdown grace runs beside the other machines
+                    stopping = asyncio.ensure_future(self._kill(vm, vm.ended, grace_s=STOP_GRACE_S))
+                    self._tasks.add(stopping)
+                    stopping.add_done_callback(self._tasks.discard)
         for vm in list(self.vms.values()):
             if vm.ended is None and vm.proc is not None and vm.proc.returncode is not None:
                 await self._power_off(vm)
@@ -239,11 +243,9 @@ class VmRunner:
         await self._end_in_moto(vm, "Client.InstanceInitiatedShutdown", "Client.InstanceInitiatedShutdown: Instance initiated shutdown")
         await self._kill(vm, "powered off", grace_s=0.0)
 
-    async def _power_cut(self, vm: Vm, why: str) -> None:
-        """Terminated from outside (the controller): the OS gets its ACPI shutdown, then nothing."""
-        await self._kill(vm, why, grace_s=STOP_GRACE_S)
-
     async def _kill(self, vm: Vm, why: str, grace_s: float) -> None:
+        """A machine going away: SIGTERM to its processes and `grace_s` to finish (a terminate's
+        ACPI shutdown), then SIGKILL to whatever is left."""
         vm.ended = why
         if grace_s:
             for pid in procs.instance_pids(vm.ec2_id):
@@ -259,6 +261,7 @@ class VmRunner:
         await vm.emulator.stop()
 
     async def shutdown(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for vm in self.vms.values():
             if vm.ended is None:
                 await self._kill(vm, "runner stopped", grace_s=0.0)

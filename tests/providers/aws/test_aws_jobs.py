@@ -171,3 +171,33 @@ def test_controller_killed_between_run_instances_and_its_record(
                        what=f"{point}: every instance terminated")
     finally:
         db.close()
+
+
+async def test_an_instance_that_never_boots_is_terminated_and_relaunched(tmp_path: Path, local_aws: LocalAws) -> None:
+    import asyncio
+    import dataclasses
+    import random
+
+    from spotrun.controller.reconciler import Reconciler
+    from spotrun.providers.aws import AwsConfig
+
+    hang = tmp_path / "python-that-hangs"
+    hang.write_text("#!/bin/sh\nexec sleep 600\n")
+    hang.chmod(0o755)
+    provider = AwsProvider(dataclasses.replace(AwsConfig.from_env(), boot_timeout_s=3.0))
+    db = Database()
+    r = Reconciler(db, {"aws": provider}, interval=0.2, rng=random.Random(0))
+    stop = asyncio.Event()
+    task = asyncio.create_task(r.run(stop))
+    try:
+        job = submit({"run": "true", "resources": {"cloud": "aws"}, "aws": {"install": f"python:{hang}"},
+                      "recovery": {"max_reclaims": 1, "backoff": {"base": "50ms", "max": "100ms"}}})
+        final = await wait_status(db, job, "SUCCEEDED", "FAILED")
+    finally:
+        stop.set()
+        await task
+        db.close()
+    assert final["status"] == "FAILED" and [a["cause"] for a in final["attempt_list"]] == ["reclaim", "reclaim"]
+    assert sum("lost" in e["message"] for e in final["events"] if e["kind"] == "reclaim") == 2
+    assert {i["State"]["Name"] for i in ec2_instances(**{"tag:spotrun:job": [job]})} == {"terminated"}
+    await async_wait_until(lambda: all(vm.ended for vm in local_aws.runner.vms.values()), what="the VMs to stop")
