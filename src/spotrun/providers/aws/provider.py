@@ -99,8 +99,9 @@ class AwsProvider:
             from botocore.config import Config
 
             # botocore retries throttling (RequestLimitExceeded) and 5xx with backoff; the client
-            # token makes a retried RunInstances return the first one's instance.
-            cfg = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
+            # token makes a retried RunInstances return the first one's instance. Two retries: EC2
+            # sends InsufficientInstanceCapacity as a 500 too, and the next zone beats a long wait.
+            cfg = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=30)
             c = self.session.client(service, region_name=region, config=cfg)
             if service == "ec2":
                 c.meta.events.register("before-call.ec2", self._count)
