@@ -201,3 +201,20 @@ async def test_an_instance_that_never_boots_is_terminated_and_relaunched(tmp_pat
     assert sum("lost" in e["message"] for e in final["events"] if e["kind"] == "reclaim") == 2
     assert {i["State"]["Name"] for i in ec2_instances(**{"tag:spotrun:job": [job]})} == {"terminated"}
     await async_wait_until(lambda: all(vm.ended for vm in local_aws.runner.vms.values()), what="the VMs to stop")
+
+
+async def test_missing_credentials_fail_in_one_line(tmp_path: Path, local_aws: LocalAws, monkeypatch: object) -> None:
+    import pytest
+
+    from spotrun.emulators.local_aws import DUMMY_CREDENTIALS
+    from spotrun.providers.aws import AwsConfig
+    from spotrun.providers.base import LaunchRequest
+
+    for key in DUMMY_CREDENTIALS:
+        monkeypatch.delenv(key)  # type: ignore[attr-defined]
+    for key in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(key, str(tmp_path / "none"))  # type: ignore[attr-defined]
+    provider = AwsProvider(AwsConfig.from_env())  # AWS_EC2_METADATA_DISABLED: no instance role either
+    with pytest.raises(ValueError, match="^no AWS credentials found: set AWS_PROFILE"):
+        await provider.launch(LaunchRequest(token="t", job_id="j", attempt=1, run="true"))
+    assert local_aws.proxy.calls == {}  # refused before any request left this machine

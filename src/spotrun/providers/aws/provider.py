@@ -125,12 +125,12 @@ class AwsProvider:
     async def launch(self, request: LaunchRequest) -> Instance:
         region, zone = self._placement(request)
         self._regions.add(region)
-        found = await self._by_token(region, request.token)
-        if found is not None:  # launched before a crash: the same instance, not a second one
-            return found
         itype = request.instance_type or self.config.instance_type
         where = zone or region
         try:
+            found = await self._by_token(region, request.token)
+            if found is not None:  # launched before a crash: the same instance, not a second one
+                return found
             ami, root_device = await self._preflight(region, itype, request.cloud.get("image") or self.config.image)
             spot_price, od_price = self.prices(itype, where)
             args = self._run_args(request, region, zone, itype, ami, root_device)
@@ -265,8 +265,10 @@ class AwsProvider:
     # --- observe -------------------------------------------------------------------------
 
     async def _describe(self, region: str, filters: list[dict]) -> list[dict]:
+        client = self.client("ec2", region)  # made here: boto3 sessions are not thread-safe
+
         def pages() -> list[dict]:
-            paginator = self.client("ec2", region).get_paginator("describe_instances")
+            paginator = client.get_paginator("describe_instances")
             return [i for page in paginator.paginate(Filters=filters, PaginationConfig={"PageSize": 1000})
                     for r in page["Reservations"] for i in r["Instances"]]
 
