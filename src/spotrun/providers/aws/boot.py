@@ -21,7 +21,17 @@ async def fetch_workdir(store_url: str, key: str, dest: Path) -> None:
         if not await Backend(store_url).download(key, archive):
             raise SystemExit(f"the job's workdir {key} is not in {store_url}: relaunch the job")
         with tarfile.open(archive) as tar:
-            tar.extractall(dest, filter="data")  # refuses absolute paths and escapes
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")  # refuses absolute paths, escapes, devices
+                return
+            root = dest.resolve()
+            for member in tar.getmembers():  # a Python before 3.11.4: the same refusals by hand
+                path = (root / member.name).resolve()
+                target = (path.parent / member.linkname).resolve() if member.issym() else path
+                if not (member.isfile() or member.isdir() or member.issym()) or not (
+                        path.is_relative_to(root) and target.is_relative_to(root)):
+                    raise SystemExit(f"the workdir archive {key} has an unsafe entry {member.name!r}")
+            tar.extractall(dest)
 
 
 if __name__ == "__main__":

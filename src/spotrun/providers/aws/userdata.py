@@ -62,8 +62,10 @@ class BootPlan:
 _VENV = 'PY="$ROOT/venv/bin/python"\n[ -x "$PY" ] || python3 -m venv "$ROOT/venv" || exit 90\n'
 _PIP = '"$ROOT/venv/bin/pip" install -q --disable-pip-version-check'
 # The wheelhouse is one tar in the store, fetched with the standard library before spotrun exists.
+# (The image's python3 may predate tarfile's extraction filters, 3.11.4.)
 _FETCH_WHEELS = """python3 -c 'import sys, tarfile, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=60) as r, tarfile.open(fileobj=r, mode="r|") as t: t.extractall(sys.argv[2], filter="data")' {url} "$ROOT/wheels" || exit 93"""
+safe = {{"filter": "data"}} if hasattr(tarfile, "data_filter") else {{}}
+with urllib.request.urlopen(sys.argv[1], timeout=60) as r, tarfile.open(fileobj=r, mode="r|") as t: t.extractall(sys.argv[2], **safe)' {url} "$ROOT/wheels" || exit 93"""
 
 
 def install_lines(install: str, wheelhouse_url: str | None = None) -> str:
