@@ -9,15 +9,18 @@ provider's scratch space) is not copied into itself.
 from __future__ import annotations
 
 import contextlib
+import gzip
+import io
 import os
 import shutil
-from collections.abc import Iterable
+import tarfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 IGNORED = (".git", ".venv", "venv", "__pycache__", "node_modules", ".pytest_cache", ".mypy_cache", "checkpoints")
 
 
-def copy_workdir(src: Path, dest: Path, exclude: Iterable[Path] = ()) -> None:
+def _ignore(exclude: Iterable[Path]) -> Callable[[str, list[str]], set[str]]:
     skip = {p.resolve() for p in exclude}
     names = shutil.ignore_patterns(*IGNORED)
 
@@ -25,7 +28,26 @@ def copy_workdir(src: Path, dest: Path, exclude: Iterable[Path] = ()) -> None:
         here = Path(directory).resolve()
         return set(names(directory, entries)) | {e for e in entries if here / e in skip}
 
-    shutil.copytree(src, dest, ignore=ignore, symlinks=True)
+    return ignore
+
+
+def copy_workdir(src: Path, dest: Path, exclude: Iterable[Path] = ()) -> None:
+    shutil.copytree(src, dest, ignore=_ignore(exclude), symlinks=True)
+
+
+def pack_workdir(src: Path, exclude: Iterable[Path] = ()) -> bytes:
+    """What `copy_workdir` would copy, as a gzip'd tar for a cloud VM to fetch: entries sorted and
+    no timestamp in the gzip header, so an unchanged workdir packs to the same bytes (one upload)."""
+    ignore = _ignore(exclude)
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for dirpath, dirnames, filenames in os.walk(src):
+            dropped = ignore(dirpath, dirnames + filenames)
+            dirnames[:] = sorted(d for d in dirnames if d not in dropped)
+            for name in [*dirnames, *sorted(f for f in filenames if f not in dropped)]:
+                path = Path(dirpath) / name
+                tar.add(path, arcname=str(path.relative_to(src)), recursive=False)
+    return buf.getvalue()
 
 
 def tree_size(path: Path) -> int:

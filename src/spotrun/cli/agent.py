@@ -142,6 +142,14 @@ def exec_(
         help="Upload each finished file here to --store, never overwritten; earlier attempts' outputs "
         "appear under _previous/. Exported as $SPOTRUN_OUTPUTS_DIR.",
     ),
+    status_store: str | None = typer.Option(
+        None, "--status-store", envvar="SPOTRUN_STATUS_STORE",
+        help="Report to a controller through this store: a heartbeat, the notice and the exit status "
+        "(docs/store-format.md, status records). Cloud providers pass it; no inbound port needed.",
+    ),
+    status_every: float = typer.Option(
+        5.0, "--status-every", parser=duration_arg, help="Heartbeat period of --status-store."
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log every poll and decision."),
 ) -> None:
     import asyncio
@@ -166,6 +174,10 @@ def exec_(
     hooks: list[AgentHook] = []
     try:
         hooks = _store_hooks(checkpoint_dir, outputs_dir, store, options, sync_interval, keep)
+        if status_store:  # last: its exit record is written once the final sync is done
+            from spotrun.providers.status import StatusHook
+
+            hooks.append(StatusHook(status_store, job_id, attempt, status_every))
         code = asyncio.run(_supervise(command, watch, options, hooks))
     except ValueError as exc:
         fail(str(exc))

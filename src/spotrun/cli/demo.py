@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -23,6 +24,11 @@ def demo(
     timeout: str = typer.Option("5m", "--timeout", help="Give up (cancel both jobs) after this long."),
     script: Path = typer.Option(None, "--script", help="Training script to run (default: examples/train.py)."),
     home: Path = typer.Option(None, "--home", help="Keep the demo's state here (default: a temporary folder, removed after)."),
+    cloud: str = typer.Option(
+        "local", "--cloud",
+        help="local: spot instances as local processes. aws: the AWS provider against moto's EC2 and S3 on "
+        "127.0.0.1, each instance booted from its real user data by a local VM runner (no account needed).",
+    ),
     json_: bool = JSON_OPTION,
 ) -> None:
     """Run a training job on a simulated spot market that keeps reclaiming it, beside an
@@ -30,7 +36,11 @@ def demo(
 
     Everything runs here: the controller, spot instances as local processes with their own
     metadata endpoint and notices, the agent, and the checkpoint store. Takes two to three minutes.
+    With --cloud aws the same jobs take the AWS path: run_instances on a local EC2 (moto), user data
+    that boots the agent, checkpoints and status records in a local S3, reclaims as EC2 gives them.
     """
+    if cloud not in ("local", "aws"):
+        fail(f"--cloud {cloud!r}: use local or aws")
     from spotrun.controller.demo import DemoConfig, default_script
 
     script = (script or default_script()).resolve()
@@ -38,21 +48,19 @@ def demo(
         fail(f"training script {script} not found; pass --script PATH (e.g. examples/train.py of a spotrun checkout)")
     cfg = DemoConfig(
         script=script, steps=steps, step_time=duration_arg(step_time), reclaim_every=duration_arg(reclaim_every),
-        lead_time=duration_arg(lead_time), seed=seed, timeout=duration_arg(timeout),
+        lead_time=duration_arg(lead_time), seed=seed, timeout=duration_arg(timeout), cloud=cloud,
     )
     private = home is None
     root = Path(tempfile.mkdtemp(prefix="spotrun-demo-")) if private else home.resolve()
-    saved = {k: os.environ.get(k) for k in ("SPOTRUN_HOME", "SPOTRUN_DB_URL")}
+    saved = dict(os.environ)
     os.environ["SPOTRUN_HOME"] = str(root)
     os.environ.pop("SPOTRUN_DB_URL", None)  # the demo's own SQLite file, never a shared database
     try:
-        summary = _run(cfg, json_)
+        with contextlib.ExitStack() as stack:
+            summary = _run(cfg, json_, _aws_providers(cfg, root, stack) if cloud == "aws" else None)
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        os.environ.clear()
+        os.environ.update(saved)
         if private:
             shutil.rmtree(root, ignore_errors=True)
     if json_:
@@ -62,7 +70,24 @@ def demo(
     raise typer.Exit(0 if summary["completed"] else 1)
 
 
-def _run(cfg, quiet: bool) -> dict:
+def _aws_providers(cfg, root: Path, stack: contextlib.ExitStack) -> dict:
+    """A local AWS for the demo's lifetime, its reclaims on the demo's schedule; the AWS provider on it."""
+    import logging
+    import sys
+
+    from spotrun.controller.demo import AWS_ZONES
+    from spotrun.emulators.local_aws import LocalAws
+    from spotrun.providers.aws import AwsConfig, AwsProvider
+
+    logging.getLogger("spotrun.aws").setLevel(logging.ERROR)  # the table tells the story
+    aws = stack.enter_context(LocalAws(root / "aws", python=sys.executable, lead_s=cfg.lead_time,
+                                       lifetime_s=cfg.reclaim_every, seed=cfg.seed))
+    os.environ.update(aws.env)  # dummy credentials and 127.0.0.1 endpoints, for this process only
+    aws.proxy.spot_prices.update({("m5.large", zone): price for zone, price in zip(AWS_ZONES, (0.034, 0.029))})
+    return {"aws": AwsProvider(AwsConfig.from_env())}
+
+
+def _run(cfg, quiet: bool, providers: dict | None) -> dict:
     import asyncio
 
     from rich.live import Live
@@ -70,11 +95,12 @@ def _run(cfg, quiet: bool) -> dict:
     from spotrun.controller.demo import run_demo
     from spotrun.controller.service import local_market, make_providers
 
-    providers = make_providers(local_market(cfg.reclaim_every, cfg.lead_time, cfg.seed))
+    providers = providers or make_providers(local_market(cfg.reclaim_every, cfg.lead_time, cfg.seed))
     if quiet:
         return asyncio.run(run_demo(cfg, providers, lambda rows: None))
+    where = "a local AWS (moto EC2 + S3, each instance booted from its user data)" if cfg.cloud == "aws" else "this machine"
     console.print(
-        f"[bold]spotrun demo[/]: {cfg.script.name}, {cfg.steps} steps, spot reclaimed every ~{cfg.reclaim_every:g}s "
+        f"[bold]spotrun demo[/] on {where}: {cfg.script.name}, {cfg.steps} steps, spot reclaimed every ~{cfg.reclaim_every:g}s "
         f"with a {cfg.lead_time:g}s notice, beside an on-demand twin. Ctrl-C stops it."
     )
     with Live(_table({}, cfg.steps), console=console, refresh_per_second=4) as live:

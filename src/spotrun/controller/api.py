@@ -18,7 +18,7 @@ from spotrun.controller.models import JobStatus
 from spotrun.controller.spec import JobSpec, SpecError, load_spec
 from spotrun.redact import redact_url
 
-KNOWN_PROVIDERS = ("local",)
+KNOWN_PROVIDERS = ("local", "aws")
 STORE_SCHEMES = ("file", "s3", "gs", "az", "azure", "abfs", "memory")
 
 
@@ -86,6 +86,13 @@ def prepare_spec(spec: JobSpec | str | Path | dict) -> JobSpec:
     problems = []
     if job.resources.provider not in KNOWN_PROVIDERS:
         problems.append(f"resources.provider: unknown provider {job.resources.provider!r} (available: {', '.join(KNOWN_PROVIDERS)})")
+    if job.resources.provider == "aws":
+        from spotrun.providers.aws import AwsConfig
+
+        try:
+            AwsConfig.from_env()
+        except ValueError as exc:
+            problems.append(f"resources.cloud: {exc}")
     if job.workdir is not None:
         workdir = (base / job.workdir).resolve()
         if not workdir.is_dir():
@@ -93,6 +100,9 @@ def prepare_spec(spec: JobSpec | str | Path | dict) -> JobSpec:
         job = job.model_copy(update={"workdir": str(workdir)})
     if job.checkpoint is not None and job.checkpoint.store is not None:
         problems += _store_problems(job.checkpoint.store)
+        if job.resources.provider != "local" and urlparse(job.checkpoint.store).scheme == "file":
+            problems.append(f"checkpoint.store: {job.resources.provider} instances cannot reach {redact_url(job.checkpoint.store)}; "
+                            "use s3://bucket/prefix, or leave it out for the provider's own store")
     for secret, ref in job.secrets.items():  # `env:` names the controller's environment: checked at launch
         if ref.file is not None and not os.access(Path(ref.file).expanduser(), os.R_OK):
             problems.append(f"secrets.{secret}: cannot read {ref.file} (the controller reads it at each launch)")

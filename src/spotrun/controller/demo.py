@@ -20,7 +20,7 @@ from spotrun.controller import api, repo
 from spotrun.controller.db import Database
 from spotrun.controller.models import JobStatus
 from spotrun.controller.reconciler import Reconciler
-from spotrun.paths import default_store_url
+from spotrun.paths import default_store_url, home
 from spotrun.sdk.events import EVENTS_ENV, read_events
 
 
@@ -33,6 +33,10 @@ class DemoConfig:
     lead_time: float = 3.0
     seed: int | None = None
     timeout: float = 300.0
+    cloud: str = "local"  # or "aws": moto's EC2 and S3 with the VM runner (spotrun.emulators.local_aws)
+
+
+AWS_ZONES = ["us-east-1a", "us-east-1b"]
 
 
 def default_script() -> Path:
@@ -46,11 +50,13 @@ def job_specs(cfg: DemoConfig, out_dir: Path) -> dict[str, dict]:
         job: dict[str, Any] = {
             "name": name,
             "run": f"{sys.executable} {cfg.script} {args}",
-            "resources": {"spot": spot},
+            "resources": {"spot": spot} if cfg.cloud == "local" else {"cloud": cfg.cloud, "spot": spot, "zones": AWS_ZONES},
             "recovery": {"max_reclaims": 100, "backoff": {"base": "200ms", "max": "2s"}},
             "notice": {"lead_time": cfg.lead_time},
             "env": {EVENTS_ENV: str(out_dir / f"{name}.events.jsonl")},
-            "checkpoint": {"dir": "checkpoints", "store": default_store_url(), "sync_interval": "2s", "keep": 2},
+            # On a cloud, the provider's own store (one its instances reach), not this machine's.
+            "checkpoint": {"dir": "checkpoints", "sync_interval": "2s", "keep": 2,
+                           **({"store": default_store_url()} if cfg.cloud == "local" else {})},
         }
         return job
 
@@ -87,7 +93,7 @@ def read_progress(out_dir: Path, name: str) -> Progress:
 async def run_demo(cfg: DemoConfig, providers: dict, on_update: Callable[[dict], None]) -> dict[str, Any]:
     """Run both jobs to the end under an in-process reconciler; return the summary."""
     db = Database()
-    out_dir = Path(providers["local"].root).parent / "results"
+    out_dir = home() / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = job_specs(cfg, out_dir)
     ids = {kind: repo.create_job(db, api.prepare_spec(spec)) for kind, spec in specs.items()}
@@ -112,8 +118,9 @@ async def run_demo(cfg: DemoConfig, providers: dict, on_update: Callable[[dict],
     finally:
         stop.set()
         await task
-        for inst in await providers["local"].list_instances():
-            await providers["local"].terminate(inst.id)
+        provider = providers[cfg.cloud]
+        for inst in await provider.list_instances():
+            await provider.terminate(inst.id)
         db.close()
     return summarize(rows, cfg.steps)
 

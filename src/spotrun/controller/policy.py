@@ -86,7 +86,7 @@ class Planner:
                 provider: Provider, now: float) -> tuple[Observation, MarketJob]:
         res = spec.resources
         names = zones(spec)
-        prices = [provider.prices(res.instance_type, z) for z in names]
+        prices = [provider.prices(res.instance_types[0], z) for z in names]
         market_job = MarketJob(res.compute, spec.recovery.deadline, res.changeover, prices[0][0], prices[0][1])
         live = self._live.get(job.id)
         tick_s = max(self.interval, now - live.last_at) if live else self.interval
@@ -99,7 +99,7 @@ class Planner:
             remaining_time_s=spec.recovery.deadline - elapsed,
             changeover_s=res.changeover,
             state=capacity(spec, current) if running else IDLE,
-            available=tuple(spot_available(provider, res.instance_type, z) is not False for z in names),
+            available=tuple(spot_available(provider, res.instance_types[0], z) is not False for z in names),
             spot_prices=tuple(p[0] for p in prices),
             on_demand_price=prices[0][1],
             tick_s=tick_s,

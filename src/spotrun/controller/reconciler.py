@@ -29,8 +29,8 @@ import signal
 import socket
 import time
 from collections.abc import Coroutine, Mapping
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -309,14 +309,18 @@ class Reconciler:
         res = spec.resources
         if decision is not None:
             spot, zone = decision.kind == SPOT_KIND, zone_of(spec, decision)
+            itype = res.instance_types[0]
         else:
-            spot = res.spot if res.spot != "auto" else job.refusals < AUTO_ON_DEMAND_AFTER
-            zone = res.zones[len(attempts) % len(res.zones)] if res.zones else None
-        spot_price, od_price = provider.prices(res.instance_type, zone)
+            # Each new attempt takes the next (zone, instance type): a refusal or a reclaim moves
+            # the job on; `spot: auto` turns to on-demand once a whole round was refused.
+            places = res.placements()
+            spot = res.spot if res.spot != "auto" else job.refusals < max(AUTO_ON_DEMAND_AFTER, len(places))
+            zone, itype = places[len(attempts) % len(places)]
+        spot_price, od_price = provider.prices(itype, zone)
         att = Attempt(
             job_id=job.id, number=(attempts[-1].number + 1) if attempts else 1,
             token=f"{job.id}-{os.urandom(8).hex()}", spot=spot, zone=zone,
-            instance_type=res.instance_type, price=spot_price if spot else od_price,
+            instance_type=itype, price=spot_price if spot else od_price,
             on_demand_price=od_price, created_at=time.time(), cost=0.0,
         )
         with self.db.session() as s:
@@ -339,7 +343,9 @@ class Reconciler:
                 workdir=spec.workdir, env=dict(spec.env), spot=att.spot,
                 instance_type=att.instance_type, zone=att.zone, max_price=spec.max_price,
                 agent_args=spec.agent_args(), owner=self.db.identity,
-                secrets={**spec.agent_env(default_store_url()), **resolve_secrets(spec)},
+                secrets={**spec.agent_env(getattr(provider, "store_url", None) or default_store_url()),
+                         **resolve_secrets(spec)},
+                cloud=spec.cloud_settings(att.zone),
             )
             async with self._launch_slots:
                 inst = await provider.launch(request)
@@ -374,7 +380,9 @@ class Reconciler:
             if fatal:
                 self._set_finished(s, j, JobStatus.FAILED, message)
                 return
-            delay = backoff_delay(spec.recovery.backoff.base, spec.recovery.backoff.max, j.refusals, self.rng)
+            # The next untried zone or instance type at once; a whole round refused backs off.
+            round_done = (j.refusals + 1) % len(spec.resources.placements()) == 0
+            delay = backoff_delay(spec.recovery.backoff.base, spec.recovery.backoff.max, j.refusals, self.rng) if round_done else 0.0
             j.refusals += 1
             j.next_launch_at, j.updated_at = now + delay, now
             launched_before = any(x.instance_id for x in repo.attempts_of(s, job.id))

@@ -117,7 +117,12 @@ def make_providers(market: Any = None) -> dict[str, Any]:
     """The providers this controller can launch on, built once and shared by every job."""
     from spotrun.providers.local.provider import LocalProvider
 
-    return {"local": LocalProvider(home() / "local", market)}
+    providers: dict[str, Any] = {"local": LocalProvider(home() / "local", market)}
+    if os.environ.get("SPOTRUN_AWS_STORE"):  # configured: see docs/aws.md
+        from spotrun.providers.aws import AwsConfig, AwsProvider
+
+        providers["aws"] = AwsProvider(AwsConfig.from_env())
+    return providers
 
 
 def local_market(lifetime_s: float | None, lead_s: float | None, seed: int | None = None) -> Any:

@@ -94,8 +94,15 @@ class _Section(BaseModel):
 
 class Resources(_Section):
     provider: str = "local"
-    instance_type: str | None = None
-    zones: list[str] = Field(default_factory=list, max_length=100)
+    cloud: Text | None = None  # the same as `provider` (`cloud: aws` reads better)
+    # Cloud placement (docs/aws.md): launches go through `instance_type` (one or a list to fall
+    # back through), then `zones` (else `regions`, else `region`), each next after a refusal.
+    instance_type: Text | list[Text] | None = Field(default=None, max_length=100)
+    zones: list[Text] = Field(default_factory=list, max_length=100)
+    region: Text | None = None
+    regions: list[Text] = Field(default_factory=list, max_length=100)
+    image: Text | None = None  # an AMI id, or ssm:/parameter/path that names one
+    disk_gb: int | None = Field(default=None, ge=8, le=65536)
     spot: bool | Literal["auto"] = True
     # With `spot: auto` and `recovery.deadline`, `compute` (the job's time on one uninterrupted
     # machine) turns on the deadline-aware market policy (default adaptive), which picks spot,
@@ -111,6 +118,31 @@ class Resources(_Section):
         if isinstance(value, bool) or value == "auto":
             return value
         raise ValueError("must be true, false or auto")
+
+    @field_validator("instance_type")
+    @classmethod
+    def _types(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one instance type, or leave it out")
+        return value
+
+    @model_validator(mode="after")
+    def _cloud_is_provider(self) -> Resources:
+        if self.cloud is not None:
+            if "provider" in self.model_fields_set and self.provider != self.cloud:
+                raise ValueError(f"cloud {self.cloud!r} and provider {self.provider!r} disagree; give one of them")
+            self.provider = self.cloud
+        return self
+
+    @property
+    def instance_types(self) -> list[str | None]:
+        value = self.instance_type
+        return list(value) if isinstance(value, list) else [value]
+
+    def placements(self) -> list[tuple[str | None, str | None]]:
+        """(zone or region, instance type) in the order launches try them; None: the provider's default."""
+        places: list[str | None] = list(self.zones or self.regions) or [self.region]
+        return [(place, itype) for itype in self.instance_types for place in places]
 
 
 class Checkpoint(_Section):
@@ -173,6 +205,16 @@ class SecretRef(_Section):
         return given
 
 
+class AwsSection(_Section):
+    """Network and IAM for the aws provider; everything else has defaults (docs/aws.md)."""
+
+    subnet_id: Text | dict[Text, Text] | None = None  # one, or one per zone
+    security_group_ids: list[Text] = Field(default_factory=list, max_length=100)
+    key_name: Text | None = None
+    iam_instance_profile: Text | None = None  # name or ARN; the instance reads the store with it
+    install: Text | None = None  # pip:<requirement> or python:<path>; default the controller's version
+
+
 class JobSpec(_Section):
     name: Text | None = Field(default=None, max_length=200)
     run: Text = Field(min_length=1)
@@ -189,6 +231,7 @@ class JobSpec(_Section):
     recovery: Recovery = Field(default_factory=Recovery)
     notice: NoticeSpec = Field(default_factory=NoticeSpec)
     max_price: float | None = Field(default=None, gt=0)
+    aws: AwsSection | None = None
     on_success: Literal["keep", "delete"] = "keep"
 
     @field_validator("run")
@@ -226,6 +269,16 @@ class JobSpec(_Section):
         """`spot: auto` with a deadline and a compute estimate: the market policy picks capacity."""
         res = self.resources
         return res.spot == "auto" and self.recovery.deadline is not None and res.compute is not None
+
+    def cloud_settings(self, zone: str | None) -> dict[str, Any]:
+        """What a cloud provider needs beyond `LaunchRequest`'s own fields."""
+        res = self.resources
+        settings: dict[str, Any] = {"region": res.region if zone is None else None, "image": res.image,
+                                    "disk_gb": res.disk_gb}
+        if self.aws is not None:
+            settings["aws"] = self.aws.model_dump(exclude_none=True)
+            settings["install"] = self.aws.install
+        return {k: v for k, v in settings.items() if v is not None}
 
     def display_name(self) -> str:
         return self.name or self.run.split()[0].rsplit("/", 1)[-1]

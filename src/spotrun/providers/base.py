@@ -44,6 +44,7 @@ class LaunchRequest:
     # Resolved secret values for the command's environment: a provider hands them to the
     # instance but never writes them into its records, logs or anything it lists.
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    cloud: dict = field(default_factory=dict)  # the spec's cloud-only settings (region, image, aws: ...)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,170 @@
+"""The agent's status record: how a controller learns an attempt's fate on any cloud.
+
+A cloud instance has no inbound port and no SSH for the controller, so the agent reports
+through the checkpoint store it already writes to (docs/store-format.md, "Status records"):
+
+    status/<job>/a<attempt:06>/beat     overwritten every few seconds while the agent lives
+    status/<job>/a<attempt:06>/notice   created once, when a reclaim notice arrives
+    status/<job>/a<attempt:06>/exit     created once, with the exit status (75 = reclaimed)
+
+The heartbeat's age is the object's `last_modified`, so one LIST of `status/` per reconciler
+pass tells a provider every attempt's liveness, notice and exit, whatever the number of jobs;
+only a new `exit` object is read (once: it never changes). Every cloud provider (AWS now,
+Kubernetes next) combines this with the cloud's own state in `outcome()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from spotrun.notices.base import Notice
+from spotrun.providers.base import InstanceState
+
+log = logging.getLogger("spotrun.status")
+
+VERSION = 1
+PREFIX = "status/"
+HEARTBEAT_S = 5.0
+RETAIN_S = 3600.0  # an exit record this old was read by the controller long ago
+
+
+def attempt_prefix(job_id: str, attempt: int) -> str:
+    return f"{PREFIX}{job_id}/a{attempt:06d}/"
+
+
+def _doc(**fields: object) -> bytes:
+    return json.dumps({"version": VERSION, **fields}, separators=(",", ":")).encode()
+
+
+class StatusHook:
+    """Agent hook that writes the record; a store outage delays a beat, never the job."""
+
+    def __init__(self, store_url: str, job_id: str, attempt: int, every_s: float = HEARTBEAT_S) -> None:
+        from spotrun.store.backend import Backend
+
+        self.backend = Backend(store_url, create=True)
+        self.prefix = attempt_prefix(job_id, attempt)
+        self.job_id, self.attempt, self.every_s = job_id, attempt, every_s
+        self.started_at = time.time()
+
+    async def _put(self, name: str, body: bytes, create: bool = False) -> None:
+        try:
+            await self.backend.put(self.prefix + name, body, create=create)
+        except Exception as exc:  # noqa: BLE001  the controller falls back on the cloud's state
+            log.warning("could not write the status record %s: %s", name, exc)
+
+    async def _beat(self) -> None:
+        await self._put("beat", _doc(job=self.job_id, attempt=self.attempt, started_at=self.started_at, at=time.time()))
+
+    async def before_start(self, env: dict[str, str]) -> None:
+        await self._beat()  # "agent running", before any restore
+
+    async def while_running(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            await self._beat()
+
+    async def on_notice(self, notice: Notice, budget_s: float | None) -> None:
+        await self._put("notice", _doc(at=time.time(), action=notice.action, kind=notice.kind.value), create=True)
+
+    async def after_exit(self, returncode: int) -> None:
+        await self._put("exit", _doc(at=time.time(), returncode=returncode), create=True)
+
+
+@dataclass(frozen=True)
+class Status:
+    """What the store says of one attempt."""
+
+    beat_at: float | None = None  # the last heartbeat (the store's clock)
+    notice: bool = False
+    returncode: int | None = None  # from `exit`
+    exited_at: float | None = None
+
+
+class StatusReader:
+    """Every attempt's status from one LIST; `exit` bodies read once and kept."""
+
+    def __init__(self, store_url: str) -> None:
+        from spotrun.store.backend import Backend
+
+        self.backend = Backend(store_url, create=True)
+        self._exits: dict[str, tuple[int, float]] = {}
+
+    async def read_all(self) -> dict[tuple[str, int], Status]:
+        found: dict[tuple[str, int], dict] = {}
+        keys: dict[tuple[str, int], list[str]] = {}
+        for obj in await self.backend.list(PREFIX):
+            parts = obj.key[len(PREFIX):].split("/")
+            if len(parts) != 3 or not parts[1].startswith("a") or not parts[1][1:].isdigit():
+                continue
+            job, attempt, name = parts[0], int(parts[1][1:]), parts[2]
+            entry = found.setdefault((job, attempt), {})
+            keys.setdefault((job, attempt), []).append(obj.key)
+            if name == "beat":
+                entry["beat_at"] = _ts(obj.last_modified)
+            elif name == "notice":
+                entry["notice"] = True
+            elif name == "exit":
+                entry["returncode"], entry["exited_at"] = await self._exit(obj.key)
+        statuses = {key: Status(**fields) for key, fields in found.items()}
+        # Records of attempts that ended long ago go, so the listing stays the size of the fleet.
+        old = [key for k, st in statuses.items() if st.exited_at and time.time() - st.exited_at > RETAIN_S
+               for key in keys[k]]
+        if old:
+            await self.backend.delete(old)
+            for key in old:
+                self._exits.pop(key, None)
+        return statuses
+
+    async def _exit(self, key: str) -> tuple[int | None, float | None]:
+        if key not in self._exits:
+            body = await self.backend.get(key)
+            with contextlib.suppress(TypeError, ValueError, KeyError):
+                doc = json.loads(body or b"")
+                if doc.get("version") == VERSION:
+                    self._exits[key] = (int(doc["returncode"]), float(doc["at"]))
+        return self._exits.get(key, (None, None))
+
+def _ts(when: datetime) -> float:
+    return when.timestamp()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: InstanceState
+    returncode: int | None = None
+    detail: str = ""
+
+
+def outcome(
+    cloud_state: InstanceState, cloud_reason: str, status: Status | None, *, launched_at: float,
+    now: float, boot_timeout_s: float, stale_after_s: float,
+) -> Outcome:
+    """One verdict from three witnesses: the agent's record, the cloud's state, the beat's age.
+
+    The agent's exit status wins (it knows whether the job finished, failed or saved work for a
+    reclaim); then the cloud's own word (a reclaim whose notice never came); then silence: no
+    first beat within the boot timeout, or a beat gone stale, is an instance lost.
+    """
+    if status is not None and status.returncode is not None:
+        return Outcome(InstanceState.EXITED, status.returncode, f"the agent exited with status {status.returncode}")
+    if cloud_state in (InstanceState.RECLAIMED, InstanceState.TERMINATED, InstanceState.GONE):
+        return Outcome(cloud_state, None, cloud_reason)
+    if status is None or status.beat_at is None:
+        if now - launched_at > boot_timeout_s:
+            return Outcome(InstanceState.GONE, None, f"no heartbeat within the boot timeout ({boot_timeout_s:g}s)")
+        return Outcome(InstanceState.PENDING)
+    if now - status.beat_at > stale_after_s:
+        return Outcome(InstanceState.GONE, None, f"heartbeat silent for {now - status.beat_at:.0f}s")
+    if status.notice or cloud_state == InstanceState.NOTICE:
+        return Outcome(InstanceState.NOTICE)
+    return Outcome(InstanceState.RUNNING)
+
+
+__all__ = ["HEARTBEAT_S", "Outcome", "Status", "StatusHook", "StatusReader", "outcome"]
