@@ -43,14 +43,14 @@ from spotrun.controller.policy import Planner, capacity, describe, label, zone_o
 from spotrun.controller.spec import JobSpec
 from spotrun.market.policy import IDLE, ON_DEMAND_KIND, SPOT_KIND, Decision
 from spotrun.paths import default_store_url, open_private
-from spotrun.providers.base import Instance, InstanceState, LaunchRefused, LaunchRequest, Provider
+from spotrun.providers.base import ENDED, Instance, InstanceState, LaunchRefused, LaunchRequest, Provider
 from spotrun.redact import redact_url
 
 log = logging.getLogger("spotrun.controller")
 
 RECLAIM_JITTER_S = 0.25  # spread of relaunches after a reclaim
 AUTO_ON_DEMAND_AFTER = 3  # `spot: auto`: consecutive spot refusals before trying on-demand
-_ENDED = {InstanceState.EXITED, InstanceState.RECLAIMED, InstanceState.TERMINATED, InstanceState.GONE}
+_ENDED = ENDED
 
 
 def crash_point(label: str) -> None:
@@ -74,6 +74,8 @@ def classify(inst: Instance) -> Cause:
             return Cause.SUCCESS
         if rc == EXIT_RECLAIMED or inst.state != InstanceState.EXITED:
             return Cause.RECLAIM  # stopped for a notice, or by the provider under it
+        return Cause.ERROR
+    if inst.state == InstanceState.UNBOOTED:
         return Cause.ERROR
     return Cause.RECLAIM  # RECLAIMED, or lost (GONE / TERMINATED / agent killed while we wanted it)
 
@@ -478,7 +480,8 @@ class Reconciler:
             else:
                 j.errors += 1
                 tail = repo.tail_lines(repo.kept_log(job.id, a.number))
-                repo.add_event(s, job.id, "error", f"attempt {a.number} failed{rc}", a.number)
+                failed = "never booted (no heartbeat within the boot timeout)" if inst.state == InstanceState.UNBOOTED else "failed"
+                repo.add_event(s, job.id, "error", f"attempt {a.number} {failed}{rc}", a.number)
                 if j.errors > spec.recovery.max_errors:
                     reason = f"the command failed{rc}; recovery.max_errors={spec.recovery.max_errors}"
                     if tail:

@@ -20,6 +20,15 @@ class InstanceState(str, enum.Enum):
     EXITED = "exited"  # the agent exited by itself; see `returncode`
     TERMINATED = "terminated"  # stopped by us
     GONE = "gone"  # the provider knows nothing of it (never launched, or cleaned up)
+    # Never became the job: no heartbeat within the boot timeout. The image, the install or the
+    # network is at fault, not the cloud's capacity, so it counts against the error budget.
+    UNBOOTED = "unbooted"
+
+
+# States after which an instance will never run the job again.
+ENDED = frozenset(
+    {InstanceState.EXITED, InstanceState.RECLAIMED, InstanceState.TERMINATED, InstanceState.GONE, InstanceState.UNBOOTED}
+)
 
 
 @dataclass(frozen=True)

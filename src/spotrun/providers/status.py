@@ -158,7 +158,7 @@ def outcome(
         return Outcome(cloud_state, None, cloud_reason)
     if status is None or status.beat_at is None:
         if now - launched_at > boot_timeout_s:
-            return Outcome(InstanceState.GONE, None, f"no heartbeat within the boot timeout ({boot_timeout_s:g}s)")
+            return Outcome(InstanceState.UNBOOTED, None, f"no heartbeat within the boot timeout ({boot_timeout_s:g}s)")
         return Outcome(InstanceState.PENDING)
     if now - status.beat_at > stale_after_s:
         return Outcome(InstanceState.GONE, None, f"heartbeat silent for {now - status.beat_at:.0f}s")

@@ -26,7 +26,7 @@ from spotrun import __version__
 from spotrun.providers.aws import errors, userdata
 from spotrun.providers.aws.config import AwsConfig
 from spotrun.providers.aws.prices import SpotPrices, on_demand
-from spotrun.providers.base import Instance, InstanceState, LaunchRequest
+from spotrun.providers.base import ENDED, Instance, InstanceState, LaunchRequest
 from spotrun.providers.status import Status, StatusReader, outcome
 
 log = logging.getLogger("spotrun.aws")
@@ -350,7 +350,7 @@ class AwsProvider:
             boot_timeout_s=self.config.boot_timeout_s, stale_after_s=self.config.stale_after_s,
         )
         ended_at = None
-        if seen.state in (InstanceState.EXITED, InstanceState.RECLAIMED, InstanceState.TERMINATED, InstanceState.GONE):
+        if seen.state in ENDED:
             status = statuses.get((job_id, attempt))
             ended_at = (status.exited_at if status else None) or self._ended_seen.setdefault(iid, now)
         price = tags.get(TAG_PRICE)
