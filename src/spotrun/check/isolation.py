@@ -96,7 +96,7 @@ def written_since(places: list[str], since: float, skip: Path) -> list[str]:
                         found.add(str(here / name))
                 except OSError:
                     continue
-            if seen > _SCAN_LIMIT or len(here.relative_to(place).parts) >= 4:
+            if seen > _SCAN_LIMIT or len(here.relative_to(place).parts) >= 5:
                 dirnames[:] = []
     return sorted(found)
 

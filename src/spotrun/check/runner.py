@@ -161,7 +161,7 @@ Report = Callable[[str], None]
 def open_session(config: CheckConfig) -> Session:
     """The check's directory and isolation; fixed directories made ready (or refused)."""
     config.validate()
-    why_not = None if config.isolation == "env" else isolation.namespaces_work()
+    why_not = "--isolation env" if config.isolation == "env" else isolation.namespaces_work()
     if config.isolation == "namespace" and why_not:
         raise CheckError(f"--isolation namespace: private mount namespaces do not work here: {why_not}")
     root = Path(tempfile.mkdtemp(prefix="spotrun-check-"))
@@ -169,7 +169,7 @@ def open_session(config: CheckConfig) -> Session:
     note = ("private mount namespace per attempt (/tmp, /var/tmp, /dev/shm and fixed directories start empty)"
             if isolated else
             "private $TMPDIR, $HOME and working directory per attempt; no mount namespace "
-            f"({why_not or '--isolation env'}), so fixed paths outside them are shared: "
+            f"({why_not}), so fixed paths outside them are shared: "
             "a resume from one is caught by the store check")
     session = Session(root, (root / "store").as_uri(), root.name.removeprefix("spotrun-check-"), isolated, note)
     for path in config.fixed_dirs():
@@ -276,7 +276,7 @@ async def _attempt(
     log = root / f"{run}-{number}.log"
     job_id = session.job_id(run)
     store = Store.open(session.store_url, create=True)
-    had_snapshot = await store.latest(job_id) is not None
+    had_snapshot = await _holds_files(store, job_id)
     emulator = AwsEmulator()
     url = await emulator.start(host="127.0.0.1", port=0)
     command = [
@@ -339,6 +339,12 @@ async def _attempt(
         local_writes=[w for w in writes if _checkpoint_like(Path(w).name)],
         saved_step=await _saved_step(store, job_id, root / "peek" / f"{run}-{number}") if exit_code == EXIT_RECLAIMED else None,
     )
+
+
+async def _holds_files(store, job_id: str) -> bool:
+    """Whether a next machine could restore anything: a snapshot of an empty directory is nothing."""
+    latest = await store.latest(job_id)
+    return latest is not None and bool((await store.manifest(latest)).files)
 
 
 async def _saved_step(store, job_id: str, dest: Path) -> int | None:

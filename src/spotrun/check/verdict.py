@@ -125,6 +125,7 @@ def judge(config: CheckConfig, baseline: AttemptResult, attempts: list[AttemptRe
         findings += found
         if unknown:
             unmeasured.append((evidence, nxt))
+    findings += _local_resumes(baseline, attempts, start)
     if unmeasured:
         findings += _unmeasured(unmeasured, baseline, last, finished, outputs_match)
 
@@ -216,15 +217,9 @@ def _reclaim_findings(
         return found, False  # the next attempt's own failure is reported on its own
     unit = result.progress.unit
     where = f": it wrote {', '.join(sorted(set(local_writes))[:3])} there" if local_writes else ""
-    resumed = (ev.resumed_from or 0) > 0 or ev.restore_seen
-    if resumed and not nxt.store_had_snapshot:
-        at = f" from {unit} {ev.resumed_from}" if ev.resumed_from else ""
-        found.append(Finding(
-            "fail", f"attempt {nxt.attempt} resumed{at} although the store held no snapshot: it loaded state left on "
-            f"this machine's disk outside the checkpoint directory{where}, which a real next machine does not have",
-            LOCAL_ADVICE,
-        ))
-    elif ev.at_step is None or ev.resumed_from is None:
+    if not nxt.store_had_snapshot and resumed_locally(nxt, ev.resumed_from):
+        return found, False  # reported once, for every attempt, by `_local_resumes`
+    if ev.at_step is None or ev.resumed_from is None:
         return found, True
     elif ev.resumed_from <= 0 and (ev.lost_steps or 0) > 0:
         if ev.restore_seen or outputs_differ:
@@ -246,6 +241,30 @@ def _reclaim_findings(
             "save a checkpoint when the notice comes (spotrun.should_stop() / Checkpointer saves on notice)",
         ))
     return found, False
+
+
+def resumed_locally(attempt: AttemptResult, resumed_from: int | None) -> bool:
+    return (resumed_from or 0) > 0 or attempt.progress.restore_seen
+
+
+def _local_resumes(baseline: AttemptResult, attempts: list[AttemptResult], start: int) -> list[Finding]:
+    """Attempts that started past the beginning although the store held nothing to restore."""
+    found = []
+    for index, attempt in enumerate(attempts):
+        first = attempt.progress.first
+        resumed_from = None if first is None else first - start
+        if attempt.store_had_snapshot or not resumed_locally(attempt, resumed_from):
+            continue
+        writes = sorted({w for a in [baseline, *attempts[:index]] for w in a.local_writes})
+        unit = baseline.progress.unit
+        at = f" at {unit} {first}" if resumed_from else ""
+        where = f" ({', '.join(writes[:3])})" if writes else ""
+        found.append(Finding(
+            "fail", f"attempt {attempt.attempt} resumed{at} although the store held no snapshot: it loaded state left on "
+            f"this machine's disk outside the checkpoint directory{where}, which a real next machine does not have",
+            LOCAL_ADVICE,
+        ))
+    return found
 
 
 def _unmeasured(
