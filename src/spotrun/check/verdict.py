@@ -253,11 +253,13 @@ def _local_resumes(baseline: AttemptResult, attempts: list[AttemptResult], start
     for index, attempt in enumerate(attempts):
         first = attempt.progress.first
         resumed_from = None if first is None else first - start
-        if attempt.store_had_snapshot or not resumed_locally(attempt, resumed_from):
+        # finishing without doing any of the baseline's steps is a resume from the very end
+        skipped = first is None and bool(baseline.progress.steps) and attempt.exit_code == 0
+        if attempt.store_had_snapshot or not (skipped or resumed_locally(attempt, resumed_from)):
             continue
         writes = sorted({w for a in [baseline, *attempts[:index]] for w in a.local_writes})
         unit = baseline.progress.unit
-        at = f" at {unit} {first}" if resumed_from else ""
+        at = " past its last step" if skipped else f" at {unit} {first}" if resumed_from else ""
         where = f" ({', '.join(writes[:3])})" if writes else ""
         found.append(Finding(
             "fail", f"attempt {attempt.attempt} resumed{at} although the store held no snapshot: it loaded state left on "
