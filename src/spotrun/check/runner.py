@@ -323,7 +323,8 @@ async def _attempt(
     duration = time.monotonic() - started
     agent_lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith(LOG_PREFIX)]
     outputs = _keep_outputs(config, scratch, root / "outputs" / f"{run}-{number}")
-    strays = _stray_checkpoints(scratch, before, ckpt_dir or scratch, config.outputs)
+    durable = [p for v in config.dirs().values() if (p := _place(v, scratch)) is not None]
+    strays = _stray_checkpoints(scratch, before, ckpt_dir or scratch, config.outputs, durable)
     writes = isolation.local_writes(session.isolated, machine, wall_start, root)
     shutil.rmtree(machine, ignore_errors=True)  # the machine's disk goes with it
     if not session.isolated:
@@ -342,7 +343,12 @@ async def _attempt(
 
 
 async def _holds_files(store, job_id: str) -> bool:
-    """Whether a next machine could restore anything: a snapshot of an empty directory is nothing."""
+    """Whether a next machine could restore anything: earlier outputs, or a snapshot of more
+    than an empty directory."""
+    from spotrun.store.format import job_prefix
+
+    if await store.backend.list(f"{job_prefix(job_id)}/outputs"):
+        return True
     latest = await store.latest(job_id)
     return latest is not None and bool((await store.manifest(latest)).files)
 
@@ -396,12 +402,16 @@ def _keep_outputs(config: CheckConfig, scratch: Path, dest: Path) -> dict[str, P
     return kept
 
 
-def _stray_checkpoints(scratch: Path, before: set[Path], ckpt_dir: Path, outputs: list[str]) -> list[str]:
-    """Checkpoint-looking files written outside $SPOTRUN_CHECKPOINT_DIR: lost with the machine."""
+def _stray_checkpoints(
+    scratch: Path, before: set[Path], ckpt_dir: Path, outputs: list[str], durable: list[Path] = (),
+) -> list[str]:
+    """Checkpoint-looking files written outside $SPOTRUN_CHECKPOINT_DIR (and the outputs and
+    restart directories, which spotrun also carries over): lost with the machine."""
     declared = {scratch / o for o in outputs}
+    kept = {ckpt_dir, *durable}
     strays = []
     for path in scratch.rglob("*"):
-        if not path.is_file() or path in before or path in declared or ckpt_dir in path.parents:
+        if not path.is_file() or path in before or path in declared or kept & set(path.parents):
             continue
         if any(is_internal_name(part) for part in path.relative_to(scratch).parts):
             continue  # the SDK's temp files and write hints, not the user's checkpoints

@@ -67,6 +67,10 @@ class Checkpoint(_Section):
     keep: int | None = Field(default=None, ge=1)
 
 
+class Outputs(_Section):
+    dir: str = "outputs"  # relative to the instance's working directory; each finished file uploaded once
+
+
 class Backoff(_Section):
     base: Duration = 1.0
     max: Duration = 60.0
@@ -100,6 +104,7 @@ class JobSpec(_Section):
     env: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     checkpoint: Checkpoint | None = None
+    outputs: Outputs | None = None
     recovery: Recovery = Field(default_factory=Recovery)
     notice: NoticeSpec = Field(default_factory=NoticeSpec)
     max_price: float | None = Field(default=None, gt=0)
@@ -131,7 +136,15 @@ class JobSpec(_Section):
                 args += ["--sync-interval", f"{ck.sync_interval}s"]
             if ck.keep is not None:
                 args += ["--keep", str(ck.keep)]
+        if self.outputs is not None:
+            args += ["--outputs-dir", self.outputs.dir]
+            if self.checkpoint is None:
+                args += ["--store", default_store]
         return tuple(args)
+
+    def store_url(self, default_store: str) -> str:
+        """Where this job's snapshots and outputs live."""
+        return (self.checkpoint.store if self.checkpoint else None) or default_store
 
 
 # --- loading with positions -------------------------------------------------------------------
