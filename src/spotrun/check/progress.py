@@ -24,7 +24,7 @@ _PATHISH = re.compile(  # paths and file names; a bare `30/100` is a progress ba
     r"\S*[A-Za-z_.~-]\S*[/\\]\S*|\S*[/\\]\S*[A-Za-z_.~-]\S*|[\w.-]+\.[A-Za-z]\w*"
 )
 _STEP = re.compile(r"\b(?:global[_ ])?step[\s=:#]*(\d+)", re.IGNORECASE)
-_EPOCH = re.compile(r"\bepoch[\s=:#]*(\d+)", re.IGNORECASE)
+_EPOCH = re.compile(r"\bepoch[\s=:#]*(\d+)(?:\s*/\s*\d+)?", re.IGNORECASE)  # "Epoch 2/5" is not a bar
 _BAR = re.compile(r"(?<![\d.])(\d+)/\s*(\d+)(?![\d.])")
 # The frameworks' own words for "I loaded a checkpoint", each printed once per resume.
 RESTORE_LINES = re.compile(
@@ -98,7 +98,7 @@ def read_line(line: str) -> tuple[str, int] | None:
     if match := _STEP.search(text):
         return "step", int(match.group(1))
     epoch = _EPOCH.search(text)
-    if bar := _BAR.search(text):
+    if bar := _BAR.search(_EPOCH.sub(" ", text)):
         done, total = int(bar.group(1)), int(bar.group(2))
         if 0 < done <= total:  # a bar's first draw (0/M) comes before any work, resumed or not
             return "bar", done + (int(epoch.group(1)) * total if epoch else 0)

@@ -269,6 +269,11 @@ def _local_resumes(baseline: AttemptResult, attempts: list[AttemptResult], start
     return found
 
 
+def _resumes(cases: list[tuple[ReclaimEvidence, AttemptResult]]) -> str:
+    steps = [f"from step {ev.resumed_from}" for ev, _ in cases if ev.resumed_from]
+    return f"its checkpoints resumed {', '.join(steps)}; " if steps else ""
+
+
 def _unmeasured(
     cases: list[tuple[ReclaimEvidence, AttemptResult]], baseline: AttemptResult, last: AttemptResult | None,
     finished: bool, outputs_match: bool,
@@ -279,14 +284,16 @@ def _unmeasured(
     attempt took clearly less than a run from scratch: the script resumed, by how much unknown.
     """
     numbers = ", ".join(str(ev.number) for ev, _ in cases)
-    faster = last is not None and last.duration <= CLEARLY_FASTER * baseline.duration
+    # less work than from scratch: it restored a checkpoint of a later step, or simply took less time
+    faster = all((ev.resumed_from or 0) > 0 for ev, _ in cases) or (
+        last is not None and last.duration <= CLEARLY_FASTER * baseline.duration)
     if finished and outputs_match and faster and all(ev.restore_seen for ev, _ in cases):
         for ev, _ in cases:
             ev.work_lost = "unknown"
         return [Finding(
             "note", f"reclaim(s) {numbers}: work lost unknown (no step numbers to read), but each next attempt restored "
-            f"a checkpoint, the outputs match and the last attempt took {last.duration:.1f}s against "
-            f"{baseline.duration:.1f}s from scratch", PROGRESS_ADVICE,
+            f"a checkpoint, the outputs match and the resumed run did less than a run from scratch "
+            f"({_resumes(cases)}the last attempt took {last.duration:.1f}s against {baseline.duration:.1f}s)", PROGRESS_ADVICE,
         )]
     missing = []
     if not all(ev.restore_seen for ev, _ in cases):
@@ -294,7 +301,7 @@ def _unmeasured(
     if not outputs_match:
         missing.append("no declared output (--output) matched the uninterrupted run's")
     if not faster:
-        missing.append("the last attempt was not clearly faster than a run from scratch")
+        missing.append("neither a restored step count nor the last attempt's time shows less work than a run from scratch")
     return [Finding(
         "inconclusive", f"reclaim(s) {numbers}: cannot tell where the next attempt resumed ({'; '.join(missing)})",
         PROGRESS_ADVICE + "; declare an output with --output so a resumed result can be compared",
