@@ -40,6 +40,7 @@ while [ "$1" != "--" ]; do
 done
 shift
 rmdir "$hold"
+cd "$(pwd)"  # the working directory again, through the new mounts: else renames into it cross devices
 touch "$out.start"
 set +e
 unshare --user --map-user="$uid" --map-group="$gid" -- "$@"
