@@ -20,6 +20,7 @@ from spotrun.agent.supervisor import LOG_PREFIX
 from spotrun.sdk.events import parse_event, read_events
 
 KINDS = ("step", "bar", "epoch")  # best first
+MIN_VALUES = 3
 _PATHISH = re.compile(  # paths and file names; a bare `30/100` is a progress bar's, not a path
     r"\S*[A-Za-z_.~-]\S*[/\\]\S*|\S*[/\\]\S*[A-Za-z_.~-]\S*|[\w.-]+\.[A-Za-z]\w*"
 )
@@ -135,7 +136,9 @@ def from_output(log: Path, kind: str | None = None) -> Progress:
             found[hit[0]].append(hit[1])
         if not line.startswith(LOG_PREFIX) and RESTORE_LINES.search(line):
             restores.append(line.strip())
-    chosen = kind if kind in found else next((k for k in KINDS if found[k]), None)
+    # A run's kind needs a few distinct values: one final "10/10" says nothing about the way there.
+    chosen = kind if kind in found else None if kind == "none" else next(
+        (k for k in KINDS if len(set(found[k])) >= MIN_VALUES), None)
     progress = Progress(restore_lines=restores)
     if chosen is not None and found[chosen]:
         progress.steps, progress.source = found[chosen], chosen
@@ -159,7 +162,7 @@ class StepWatch:
 
     def __init__(self, events: Path, log: Path, attempt: int, kind: str) -> None:
         self.attempt, self.kind = str(attempt), kind
-        self._events, self._log = _Tail(events), _Tail(log)
+        self._events, self._log = Tail(events), Tail(log)
         self._last: int | None = None
 
     def last(self) -> int | None:
@@ -180,7 +183,7 @@ def _max(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else max(a, b)
 
 
-class _Tail:
+class Tail:
     """Complete lines appended to a file since the last call; a line still being written waits."""
 
     def __init__(self, path: Path) -> None:

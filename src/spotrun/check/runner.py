@@ -29,7 +29,7 @@ from pathlib import Path
 from spotrun.agent.signals import parse_signal
 from spotrun.agent.supervisor import ESCALATION_MARK, EXIT_RECLAIMED, LOG_PREFIX
 from spotrun.check import isolation
-from spotrun.check.progress import Progress, StepWatch, attempt_progress, checkpoint_step
+from spotrun.check.progress import Progress, StepWatch, Tail, attempt_progress, checkpoint_step
 from spotrun.sdk.atomic import is_internal_name
 from spotrun.sdk.events import EVENTS_ENV
 from spotrun.workdir import copy_workdir, tree_size
@@ -39,6 +39,7 @@ CHECKPOINT_LIKE = (".pt", ".pth", ".ckpt", ".pkl", ".safetensors", ".bin", ".npz
 # where it was aimed, and NOTICE_REACH_S keeps reclaim points far enough from the end for it to.
 POLL_INTERVAL = "0.1s"
 NOTICE_REACH_S = 1.0
+SNAPSHOT_MARK = "published snapshot"  # the agent's line when a checkpoint became durable
 EXIT_INCONCLUSIVE = 3
 DEFAULT_CHECKPOINT_DIR = ".spotrun/checkpoints"
 
@@ -145,6 +146,7 @@ class AttemptResult:
     store_had_snapshot: bool = False  # when it started: what a next machine could restore
     local_writes: list[str] = field(default_factory=list)  # checkpoint-like, machine-local
     saved_step: int | None = None  # the framework's global_step in the snapshot it left
+    first_snapshot_s: float | None = None  # when the agent first published a snapshot, from the start
 
     @property
     def reclaimed(self) -> bool:
@@ -250,7 +252,10 @@ def _choose_triggers(baseline: AttemptResult, count: int, rng: random.Random) ->
             inner = steps[1:-1]
         picks = rng.sample(inner, min(count, len(inner)))
         return [Trigger(step=s) for s in sorted(picks)]
-    return [Trigger(after_s=baseline.duration * rng.uniform(0.25, 0.6)) for _ in range(count)]
+    # Timed: inside the stretch where it has saved something (startup and imports can be most
+    # of a short run), so a resumable script has something to resume from.
+    saved = baseline.first_snapshot_s or 0.0
+    return [Trigger(after_s=saved + (baseline.duration - saved) * rng.uniform(0.25, 0.6)) for _ in range(count)]
 
 
 def _place(value: str | None, scratch: Path) -> Path | None:
@@ -298,6 +303,7 @@ async def _attempt(
     }
     started, wall_start = time.monotonic(), time.time()
     notice_after: float | None = None
+    first_snapshot: float | None = None
     exit_code: int | None = None
     try:
         with open(log, "wb") as out:
@@ -306,17 +312,20 @@ async def _attempt(
                 start_new_session=True,
             )
             waiting = asyncio.ensure_future(proc.wait())
-            if trigger is not None:
-                watch = StepWatch(events, log, number, kind or "step")
-                while not waiting.done():
-                    if _reached(trigger, watch, time.monotonic() - started):
-                        emulator.trigger(kind="reclaim", action="terminate", lead_s=config.lead_time)
-                        notice_after = time.monotonic() - started
-                        break
-                    await asyncio.wait({waiting}, timeout=0.05)
-            try:
-                exit_code = await asyncio.wait_for(asyncio.shield(waiting), timeout)
-            except TimeoutError:
+            watch = StepWatch(events, log, number, kind or "step")
+            agent_log = Tail(log)
+            while not waiting.done() and (elapsed := time.monotonic() - started) < timeout:
+                if first_snapshot is None and any(
+                    line.startswith(LOG_PREFIX) and SNAPSHOT_MARK in line for line in agent_log.new_lines()
+                ):
+                    first_snapshot = elapsed
+                if trigger is not None and notice_after is None and _reached(trigger, watch, elapsed):
+                    emulator.trigger(kind="reclaim", action="terminate", lead_s=config.lead_time)
+                    notice_after = elapsed
+                await asyncio.wait({waiting}, timeout=0.05)
+            if waiting.done():
+                exit_code = waiting.result()
+            else:
                 await _stop_hung(proc, waiting, emulator)
     finally:
         await emulator.stop()
@@ -336,7 +345,7 @@ async def _attempt(
         run=run, attempt=number, exit_code=exit_code, duration=duration, log=log,
         progress=attempt_progress(events, log, number, kind), trigger=trigger, notice_after_s=notice_after,
         escalated=any(ESCALATION_MARK in line for line in agent_lines), outputs=outputs,
-        stray_checkpoints=strays, store_had_snapshot=had_snapshot,
+        stray_checkpoints=strays, store_had_snapshot=had_snapshot, first_snapshot_s=first_snapshot,
         local_writes=[w for w in writes if _checkpoint_like(Path(w).name)],
         saved_step=await _saved_step(store, job_id, root / "peek" / f"{run}-{number}") if exit_code == EXIT_RECLAIMED else None,
     )
