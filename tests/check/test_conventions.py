@@ -101,3 +101,21 @@ def test_two_checks_side_by_side_each_right():
     assert (code, verdict["verdict"]) == (1, "fail"), verdict
     assert "restarted its epoch count at 0" in said(verdict, "fail")
     assert "restores the weights but not where training stood" in said(verdict, "fail")
+
+
+def test_lightning_with_its_own_model_checkpoint_and_fit_last():
+    """Its default bar may print nothing off a terminal: the evidence is then Lightning's
+    "Restored all states" line, the global_step in last.ckpt, and the matching outputs."""
+    code, verdict = check("--checkpoint-dir", "ckpt", "-o", "result.json", command=[PY, "lightning_own.py"])
+    passed(code, verdict)
+    reclaim = verdict["reclaims"][0]
+    assert reclaim["restore_seen"] and reclaim["saved_step"] == reclaim["resumed_from"]
+    if reclaim["at_step"] is None:
+        assert reclaim["work_lost"] == "unknown" and "work lost unknown" in said(verdict, "note")
+
+
+def test_transformers_trainer_with_resume_from_checkpoint():
+    code, verdict = check("--checkpoint-dir", "ckpt", "-o", "result.json", command=[PY, "hf_own.py"])
+    passed(code, verdict)
+    assert verdict["progress_source"] == "bar"  # its tqdm bar, N/40
+    assert verdict["reclaims"][0]["saved_step"] % 5 == 0  # trainer_state.json of a checkpoint-N/
