@@ -3,6 +3,7 @@ restored everything ends with exactly the uninterrupted run's weights."""
 
 import hashlib
 import json
+import os
 import time
 
 import torch
@@ -32,3 +33,18 @@ def write_result(path: str, model: torch.nn.Module) -> None:
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
     with open(path, "w") as f:
         json.dump({"weights": digest}, f)
+
+
+def load(path: str, model: torch.nn.Module) -> int:
+    """The step to start from: after the one saved at `path`, or 0 when nothing is there."""
+    try:
+        state = torch.load(path)
+    except FileNotFoundError:
+        return 0
+    model.load_state_dict(state["model"])
+    return state["step"] + 1
+
+
+def save(path: str, model: torch.nn.Module, step: int) -> None:
+    torch.save({"model": model.state_dict(), "step": step}, path + ".tmp")
+    os.replace(path + ".tmp", path)

@@ -5,8 +5,6 @@ import os
 import signal
 import sys
 
-import torch
-
 import _tiny
 
 CKPT = os.path.join(sys.argv[1], "state.pt")
@@ -20,17 +18,12 @@ def on_term(signum, frame):
 
 signal.signal(signal.SIGTERM, on_term)
 model, opt = _tiny.make()
-start = 0
-if os.path.exists(CKPT):
-    state = torch.load(CKPT)
-    model.load_state_dict(state["model"])
-    start = state["step"] + 1
+start = _tiny.load(CKPT, model)
 for step in range(start, _tiny.STEPS):
     _tiny.step(model, opt, step)
     print(f"step {step}", flush=True)
     if stop or step % 10 == 9:
-        torch.save({"model": model.state_dict(), "step": step}, CKPT + ".tmp")
-        os.replace(CKPT + ".tmp", CKPT)
+        _tiny.save(CKPT, model, step)
     if stop:
         sys.exit(0)
 _tiny.write_result("result.json", model)

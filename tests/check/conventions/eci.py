@@ -9,11 +9,7 @@ import _tiny
 
 CKPT = os.path.join(sys.argv[1], "model.pt")
 model, opt = _tiny.make()
-start = 0
-if os.path.exists(CKPT):
-    state = torch.load(CKPT)
-    model.load_state_dict(state["model"])
-    start = state["step"] + 1
+start = _tiny.load(CKPT, model)
 os.makedirs(sys.argv[1], exist_ok=True)
 for step in range(start, _tiny.STEPS):
     _tiny.step(model, opt, step)
