@@ -299,7 +299,7 @@ async def _attempt(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPOTRUN_", "AWS_EC2_METADATA", "GCE_METADATA"))}
     env |= {
         EVENTS_ENV: str(events), "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp), "HOME": str(home),
-        "SPOTRUN_HOME": str(home / ".spotrun"), "PYTHONUSERBASE": os.environ.get("PYTHONUSERBASE", site.getuserbase()),
+        "SPOTRUN_HOME": str(home / ".spotrun"), **_shared_caches(),
     }
     started, wall_start = time.monotonic(), time.time()
     notice_after: float | None = None
@@ -349,6 +349,17 @@ async def _attempt(
         local_writes=[w for w in writes if _checkpoint_like(Path(w).name)],
         saved_step=await _saved_step(store, job_id, root / "peek" / f"{run}-{number}") if exit_code == EXIT_RECLAIMED else None,
     )
+
+
+def _shared_caches() -> dict[str, str]:
+    """What a machine image would hold, kept at the real $HOME's: user-installed packages and
+    downloaded models and weights (re-downloading them per attempt tests nothing)."""
+    home = Path.home()
+    return {
+        "PYTHONUSERBASE": os.environ.get("PYTHONUSERBASE", site.getuserbase()),
+        "HF_HOME": os.environ.get("HF_HOME", str(home / ".cache" / "huggingface")),
+        "TORCH_HOME": os.environ.get("TORCH_HOME", str(home / ".cache" / "torch")),
+    }
 
 
 async def _holds_files(store, job_id: str) -> bool:

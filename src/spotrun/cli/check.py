@@ -41,7 +41,7 @@ def check(
     checkpoint_dir: str = typer.Option(".spotrun/checkpoints", "--checkpoint-dir", help="The directory the script keeps its checkpoints in, as `spotrun exec --checkpoint-dir` takes it: relative to --workdir, or a fixed absolute path."),
     outputs_dir: str | None = typer.Option(None, "--outputs-dir", help="As `spotrun exec --outputs-dir`: files written here are uploaded once each; earlier attempts' are under _previous/."),
     restart_dir: str | None = typer.Option(None, "--restart-dir", help="As `spotrun exec --restart-dir` (Valohai's `_restart`): earlier attempts' outputs, modification times kept."),
-    isolation_mode: str = typer.Option("auto", "--isolation", help="auto: a private mount namespace where the kernel allows, else private $TMPDIR/$HOME only; namespace: require it; env: never."),
+    isolation_mode: str = typer.Option("auto", "--isolation", help="auto: a private mount namespace where the kernel allows, else private $TMPDIR/$HOME only; namespace: require it; env: never (for a command that needs files under /tmp)."),
     timeout: float | None = typer.Option(None, "--timeout", parser=duration_arg, help="Per attempt (default: 3x the uninterrupted run)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
