@@ -189,20 +189,27 @@ def open_session(config: CheckConfig) -> Session:
                 "would, and the check will not delete your files. Point the flag at a new directory."
             )
         if not isolated:
-            lock = path / f".spotrun-check-{session.check_id}"
-            if any(path.glob(".spotrun-check-*")):
-                raise CheckError(f"another spotrun check uses {path}; without a mount namespace two checks cannot share it")
-            lock.touch()
+            try:
+                _lock(path).touch(exist_ok=False)
+            except FileExistsError:
+                raise CheckError(
+                    f"another spotrun check uses {path}; without a mount namespace two checks cannot share it "
+                    f"(if none runs, delete {_lock(path)})"
+                ) from None
     return session
+
+
+def _lock(fixed: Path) -> Path:
+    """Beside the directory, not in it: the agent snapshots everything in it."""
+    return fixed.with_name(f".{fixed.name}.spotrun-check")
 
 
 def close_session(config: CheckConfig, session: Session) -> None:
     for path in config.fixed_dirs():
         if path in session.fixed_made:
             shutil.rmtree(path, ignore_errors=True)
-        elif not session.isolated:
-            with contextlib.suppress(FileNotFoundError):
-                (path / f".spotrun-check-{session.check_id}").unlink()
+        if not session.isolated:
+            _lock(path).unlink(missing_ok=True)
 
 
 def _under(path: Path, places: tuple[str, ...]) -> bool:
@@ -339,8 +346,7 @@ async def _attempt(
     if not session.isolated:
         for path in config.fixed_dirs():  # so does what it kept at fixed paths
             for child in path.iterdir() if path.exists() else []:
-                if child.name != f".spotrun-check-{session.check_id}":
-                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     return AttemptResult(
         run=run, attempt=number, exit_code=exit_code, duration=duration, log=log,
         progress=attempt_progress(events, log, number, kind), trigger=trigger, notice_after_s=notice_after,
