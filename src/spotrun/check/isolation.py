@@ -70,7 +70,7 @@ def namespaces_work() -> str | None:
 def wrap(root: Path, writes: Path, fixed: list[Path], command: list[str]) -> list[str]:
     """`command` run in a private mount namespace hiding the machine-local places and `fixed`;
     the files it wrote in them are listed in `writes`."""
-    places = [*MACHINE_LOCAL, *(str(p) for p in fixed if not _under_machine_local(p))]
+    places = [*MACHINE_LOCAL, *(str(p) for p in fixed if not under_machine_local(p))]
     return [
         "unshare", "--user", "--map-root-user", "--mount", "--propagation", "private",
         "sh", "-c", _SCRIPT, "spotrun-isolate", str(root), str(os.getuid()), str(os.getgid()), str(writes),
@@ -78,7 +78,7 @@ def wrap(root: Path, writes: Path, fixed: list[Path], command: list[str]) -> lis
     ]
 
 
-def _under_machine_local(path: Path) -> bool:
+def under_machine_local(path: Path) -> bool:
     return any(path == Path(p) or Path(p) in path.parents for p in MACHINE_LOCAL)
 
 

@@ -175,7 +175,7 @@ def open_session(config: CheckConfig) -> Session:
             "a resume from one is caught by the store check")
     session = Session(root, (root / "store").as_uri(), root.name.removeprefix("spotrun-check-"), isolated, note)
     for path in config.fixed_dirs():
-        if isolated and _under(path, isolation.MACHINE_LOCAL):
+        if isolated and isolation.under_machine_local(path):
             continue  # a fresh tmpfs on each attempt
         if not path.exists():
             try:
@@ -210,10 +210,6 @@ def close_session(config: CheckConfig, session: Session) -> None:
             shutil.rmtree(path, ignore_errors=True)
         if not session.isolated:
             _lock(path).unlink(missing_ok=True)
-
-
-def _under(path: Path, places: tuple[str, ...]) -> bool:
-    return any(path == Path(p) or Path(p) in path.parents for p in places)
 
 
 async def run_check(config: CheckConfig, report: Report = lambda _msg: None) -> tuple[AttemptResult, list[AttemptResult], Session]:
