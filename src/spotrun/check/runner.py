@@ -128,6 +128,7 @@ class Session:
 class Trigger:
     step: int | None = None  # reclaim once the script reports this step
     after_s: float | None = None  # or this long after the start, without progress reports
+    from_snapshot: bool = False  # after_s counts from the attempt's first durable snapshot
 
 
 @dataclass
@@ -235,7 +236,8 @@ async def _run(config: CheckConfig, session: Session, report: Report) -> tuple[A
     for number in range(1, len(triggers) + 2):
         trigger = triggers[number - 1] if number <= len(triggers) else None
         what = f"reclaim at step {trigger.step}" if trigger and trigger.step is not None else (
-            f"reclaim after {trigger.after_s:.1f}s" if trigger else "no reclaim, run to the end")
+            f"reclaim {trigger.after_s:.1f}s after {'its first snapshot' if trigger.from_snapshot else 'the start'}"
+            if trigger else "no reclaim, run to the end")
         report(f"attempt {number}: {what}")
         result = await _attempt(config, session, "interrupted", number, trigger, timeout, baseline.progress.source)
         attempts.append(result)
@@ -257,8 +259,11 @@ def _choose_triggers(baseline: AttemptResult, count: int, rng: random.Random) ->
         return [Trigger(step=s) for s in sorted(picks)]
     # Timed: inside the stretch where it has saved something (startup and imports can be most
     # of a short run), so a resumable script has something to resume from.
-    saved = baseline.first_snapshot_s or 0.0
-    return [Trigger(after_s=saved + (baseline.duration - saved) * rng.uniform(0.25, 0.6)) for _ in range(count)]
+    # Counted from each attempt's own first snapshot: startup time varies more than work does.
+    saved = baseline.first_snapshot_s
+    if saved is None:
+        return [Trigger(after_s=baseline.duration * rng.uniform(0.25, 0.6)) for _ in range(count)]
+    return [Trigger(after_s=(baseline.duration - saved) * rng.uniform(0.25, 0.6), from_snapshot=True) for _ in range(count)]
 
 
 def _place(value: str | None, scratch: Path) -> Path | None:
@@ -322,7 +327,7 @@ async def _attempt(
                     line.startswith(LOG_PREFIX) and SNAPSHOT_MARK in line for line in agent_log.new_lines()
                 ):
                     first_snapshot = elapsed
-                if trigger is not None and notice_after is None and _reached(trigger, watch, elapsed):
+                if trigger is not None and notice_after is None and _reached(trigger, watch, elapsed, first_snapshot):
                     emulator.trigger(kind="reclaim", action="terminate", lead_s=config.lead_time)
                     notice_after = elapsed
                 await asyncio.wait({waiting}, timeout=0.05)
@@ -405,8 +410,10 @@ async def _stop_hung(proc: asyncio.subprocess.Process, waiting: asyncio.Future, 
         await waiting
 
 
-def _reached(trigger: Trigger, watch: StepWatch, elapsed: float) -> bool:
+def _reached(trigger: Trigger, watch: StepWatch, elapsed: float, first_snapshot: float | None) -> bool:
     if trigger.step is None:
+        if trigger.from_snapshot:
+            return first_snapshot is not None and elapsed - first_snapshot >= (trigger.after_s or 0.0)
         return elapsed >= (trigger.after_s or 0.0)
     last = watch.last()
     return last is not None and last >= trigger.step
