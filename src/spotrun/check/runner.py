@@ -353,7 +353,7 @@ async def _attempt(
         progress=attempt_progress(events, log, number, kind), trigger=trigger, notice_after_s=notice_after,
         escalated=any(ESCALATION_MARK in line for line in agent_lines), outputs=outputs,
         stray_checkpoints=strays, store_had_snapshot=had_snapshot, first_snapshot_s=first_snapshot,
-        local_writes=[w for w in writes if _checkpoint_like(Path(w).name)],
+        local_writes=[w for w in writes if _checkpoint_like(Path(w).name) and not set(durable) & set(Path(w).parents)],
         saved_step=await _saved_step(store, job_id, root / "peek" / f"{run}-{number}") if exit_code == EXIT_RECLAIMED else None,
     )
 
