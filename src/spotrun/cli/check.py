@@ -93,6 +93,7 @@ def _show(verdict) -> None:
             console.print(f"  [bold]→[/] {f.advice}")
     console.print({"pass": "[bold green]PASS[/]: the script survives reclaims", "fail": "[bold red]FAIL[/]",
                    "inconclusive": "[bold magenta]INCONCLUSIVE[/]: the evidence cannot tell; see the advice"}[verdict.word])
+    console.print(f"[dim]isolation: {verdict.isolation}[/]")
     console.print(f"[dim]logs and outputs: {verdict.workdir}[/]")
 
 
