@@ -20,7 +20,8 @@ from pathlib import Path
 
 MACHINE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm")
 LOCAL_WRITES = "local-writes.txt"  # what an attempt wrote in machine-local places, one path a line
-_SCAN_LIMIT = 20000  # entries looked at per place by the fallback scan
+_SCAN_LIMIT = 200_000  # entries looked at per place (a shared /tmp holds many test trees)
+CHECK_PREFIX = "spotrun-check-"  # each check's own directory
 
 # Runs as root of a new user+mount namespace: hides each place under a fresh tmpfs (the check's
 # own directory is bound back in), drops back to the caller's uid in a nested user namespace to
@@ -89,7 +90,9 @@ def written_since(places: list[str], since: float, skip: Path) -> list[str]:
         seen = 0
         for dirpath, dirnames, filenames in os.walk(place):
             here = Path(dirpath)
-            dirnames[:] = [d for d in dirnames if here / d != skip and not (here / d).is_symlink()]
+            # no check's own directory (this one's, or another running beside it)
+            dirnames[:] = [d for d in dirnames if here / d != skip and not d.startswith(CHECK_PREFIX)
+                           and not (here / d).is_symlink()]
             seen += len(dirnames) + len(filenames)
             for name in filenames:
                 try:
@@ -97,7 +100,7 @@ def written_since(places: list[str], since: float, skip: Path) -> list[str]:
                         found.add(str(here / name))
                 except OSError:
                     continue
-            if seen > _SCAN_LIMIT or len(here.relative_to(place).parts) >= 5:
+            if seen > _SCAN_LIMIT or len(here.relative_to(place).parts) >= 8:
                 dirnames[:] = []
     return sorted(found)
 

@@ -167,14 +167,14 @@ def open_session(config: CheckConfig) -> Session:
     why_not = "--isolation env" if config.isolation == "env" else isolation.namespaces_work()
     if config.isolation == "namespace" and why_not:
         raise CheckError(f"--isolation namespace: private mount namespaces do not work here: {why_not}")
-    root = Path(tempfile.mkdtemp(prefix="spotrun-check-"))
+    root = Path(tempfile.mkdtemp(prefix=isolation.CHECK_PREFIX))
     isolated = why_not is None
     note = ("private mount namespace per attempt (/tmp, /var/tmp, /dev/shm and fixed directories start empty)"
             if isolated else
             "private $TMPDIR, $HOME and working directory per attempt; no mount namespace "
             f"({why_not}), so fixed paths outside them are shared: "
             "a resume from one is caught by the store check")
-    session = Session(root, (root / "store").as_uri(), root.name.removeprefix("spotrun-check-"), isolated, note)
+    session = Session(root, (root / "store").as_uri(), root.name.removeprefix(isolation.CHECK_PREFIX), isolated, note)
     for path in config.fixed_dirs():
         if isolated and isolation.under_machine_local(path):
             continue  # a fresh tmpfs on each attempt
