@@ -9,13 +9,16 @@ whatever else looks right: a real next machine would not have it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from spotrun.agent.supervisor import EXIT_RECLAIMED
 from spotrun.check.runner import AttemptResult, CheckConfig
+from spotrun.workdir import copied_files
 
 RESUME_ADVICE = "load the newest checkpoint from $SPOTRUN_CHECKPOINT_DIR before training (spotrun.load_latest(), or Checkpointer.restore())"
 PROGRESS_ADVICE = ("call spotrun.report_progress(step) each step, or print 'step N' or {\"step\": N} lines, "
@@ -24,6 +27,7 @@ LOCAL_ADVICE = ("a next machine starts with an empty disk: keep checkpoints unde
                 "(or pass the fixed path the script uses as --checkpoint-dir) so the agent makes them durable")
 COUNTER_ADVICE = ("restore the epoch/step counter (and optimizer, LR schedule, data position) along with the weights, "
                   "and continue the loop from there")
+SOURCE_SUFFIXES = (".py", ".sh", ".yaml", ".yml", ".toml", ".json", ".cfg")
 CLEARLY_FASTER = 0.85  # the resumed run took at most this share of a run from scratch
 
 
@@ -120,12 +124,12 @@ def judge(config: CheckConfig, baseline: AttemptResult, attempts: list[AttemptRe
         nxt = attempts[index + 1] if index + 1 < len(attempts) else None
         evidence = _reclaim_evidence(len(reclaims) + 1, result, nxt, start, rate)
         reclaims.append(evidence)
-        earlier = [w for a in [baseline, *attempts[: index + 1]] for w in a.local_writes]
+        earlier = _likely_own([baseline, *attempts[: index + 1]], config)
         found, unknown = _reclaim_findings(evidence, result, nxt, config, earlier, compared and not outputs_match)
         findings += found
         if unknown:
             unmeasured.append((evidence, nxt))
-    findings += _local_resumes(baseline, attempts, start)
+    findings += _local_resumes(baseline, attempts, start, config)
     if unmeasured:
         findings += _unmeasured(unmeasured, baseline, last, finished, outputs_match)
 
@@ -216,7 +220,7 @@ def _reclaim_findings(
     if nxt is None or nxt.exit_code not in (0, EXIT_RECLAIMED):
         return found, False  # the next attempt's own failure is reported on its own
     unit = result.progress.unit
-    where = f": it wrote {', '.join(sorted(set(local_writes))[:3])} there" if local_writes else ""
+    where = f": it wrote {', '.join(local_writes[:3])} there" if local_writes else ""
     if not nxt.store_had_snapshot and resumed_locally(nxt, ev.resumed_from):
         return found, False  # reported once, for every attempt, by `_local_resumes`
     if ev.at_step is None or ev.resumed_from is None:
@@ -247,7 +251,25 @@ def resumed_locally(attempt: AttemptResult, resumed_from: int | None) -> bool:
     return (resumed_from or 0) > 0 or attempt.progress.restore_seen
 
 
-def _local_resumes(baseline: AttemptResult, attempts: list[AttemptResult], start: int) -> list[Finding]:
+def _likely_own(results: list[AttemptResult], config: CheckConfig) -> list[str]:
+    """The machine-local writes of `results`, the script's own first: those whose path or folder
+    its command, output or source names (a shared /tmp also holds other programs' files)."""
+    writes = sorted({w for r in results for w in r.local_writes})
+    if not writes:
+        return []
+    texts = [" ".join(config.command), *(r.log.read_text(errors="replace") for r in results if r.log.exists())]
+    for path in copied_files(config.workdir):
+        with contextlib.suppress(OSError):
+            if path.suffix in SOURCE_SUFFIXES and path.stat().st_size < 1_000_000:
+                texts.append(path.read_text(errors="replace"))
+
+    def named(write: str) -> bool:
+        return any(write in text or str(Path(write).parent) in text for text in texts)
+
+    return sorted(writes, key=lambda w: not named(w))
+
+
+def _local_resumes(baseline: AttemptResult, attempts: list[AttemptResult], start: int, config: CheckConfig) -> list[Finding]:
     """Attempts that started past the beginning although the store held nothing to restore."""
     found = []
     for index, attempt in enumerate(attempts):
@@ -257,7 +279,7 @@ def _local_resumes(baseline: AttemptResult, attempts: list[AttemptResult], start
         skipped = first is None and bool(baseline.progress.steps) and attempt.exit_code == 0
         if attempt.store_had_snapshot or not (skipped or resumed_locally(attempt, resumed_from)):
             continue
-        writes = sorted({w for a in [baseline, *attempts[:index]] for w in a.local_writes})
+        writes = _likely_own([baseline, *attempts[:index]], config)
         unit = baseline.progress.unit
         at = " past its last step" if skipped else f" at {unit} {first}" if resumed_from else ""
         where = f" ({', '.join(writes[:3])})" if writes else ""
