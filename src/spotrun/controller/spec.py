@@ -131,7 +131,7 @@ class JobSpec(_Section):
         args: list[str] = ["--signal", self.notice.signal]
         if self.checkpoint is not None:
             ck = self.checkpoint
-            args += ["--checkpoint-dir", ck.dir, "--store", ck.store or default_store]
+            args += ["--checkpoint-dir", ck.dir, "--store", self.store_url(default_store)]
             if ck.sync_interval is not None:
                 args += ["--sync-interval", f"{ck.sync_interval}s"]
             if ck.keep is not None:
