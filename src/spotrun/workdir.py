@@ -14,7 +14,7 @@ import io
 import os
 import shutil
 import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 IGNORED = (".git", ".venv", "venv", "__pycache__", "node_modules", ".pytest_cache", ".mypy_cache", "checkpoints")
@@ -50,12 +50,18 @@ def pack_workdir(src: Path, exclude: Iterable[Path] = ()) -> bytes:
     return buf.getvalue()
 
 
-def tree_size(path: Path) -> int:
-    """Bytes a copy would move (what `copy_workdir` skips by name is not counted)."""
-    total = 0
+def copied_files(path: Path) -> Iterator[Path]:
+    """Every file a copy would take (what `copy_workdir` skips by name is not walked)."""
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames[:] = [d for d in dirnames if d not in IGNORED]
         for name in filenames:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
+            yield Path(dirpath, name)
+
+
+def tree_size(path: Path) -> int:
+    """Bytes a copy would move."""
+    total = 0
+    for file in copied_files(path):
+        with contextlib.suppress(OSError):
+            total += os.lstat(file).st_size
     return total

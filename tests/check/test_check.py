@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -151,3 +152,30 @@ def test_usage_errors_exit_2(tmp_path):
     )
     # refused before any run, not blamed on the script after its baseline
     assert proc.returncode == 2 and "not a signal: 'NOPE'" in " ".join(proc.stderr.split()), proc.stderr
+
+
+def test_errors_piped_are_never_wrapped(tmp_path):
+    """CI has no terminal and no COLUMNS: a long path must stay on one line to be copied."""
+    deep = tmp_path / ("a-rather-long-directory-name-" * 4) / "missing"
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run([sys.executable, "-m", "spotrun", "check", "--workdir", str(deep), "--", "true"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert f"error: working directory {deep} does not exist" in proc.stderr.splitlines()
+
+
+def test_a_script_whose_resume_cannot_be_seen_is_inconclusive_not_failed(tmp_path):
+    """No progress printed, nothing restored, the same output either way (pytorch/examples'
+    word_language_model, patched or not): the check cannot tell, and says so with exit 3."""
+    work = script(tmp_path, """
+        import json, time
+        time.sleep(3)
+        json.dump({"answer": 42}, open("result.json", "w"))
+    """)
+    code, verdict = run_check(work, "--reclaims", "1", "--seed", "1", "--lead-time", "5s", "-o", "result.json",
+                              command=[sys.executable, "job.py"])
+    assert (code, verdict["verdict"]) == (3, "inconclusive"), verdict
+    assert "cannot tell where the next attempt resumed" in messages(verdict, "inconclusive")
+    assert not messages(verdict, "fail")
+    advice = " ".join(f["advice"] for f in verdict["findings"])
+    assert "report_progress" in advice

@@ -36,3 +36,13 @@ def test_without_progress_reports_reclaims_are_timed():
     run = baseline(0, 10.0)
     triggers = _choose_triggers(run, 2, random.Random(0))
     assert all(t.step is None and 2.5 <= t.after_s <= 6.0 for t in triggers)
+
+
+def test_timed_reclaims_land_after_each_attempts_first_durable_checkpoint():
+    """Startup can be most of a short run (Lightning imports): a reclaim before anything was
+    saved would test nothing."""
+    run = baseline(0, 10.0)
+    run.first_snapshot_s = 6.0
+    triggers = _choose_triggers(run, 2, random.Random(0))
+    # counted from each attempt's own first snapshot, whose startup may be faster or slower
+    assert all(t.from_snapshot and 1.0 <= t.after_s <= 2.4 for t in triggers), triggers

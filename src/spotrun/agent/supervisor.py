@@ -22,7 +22,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from spotrun.agent.hooks import AgentHook
@@ -49,12 +49,13 @@ class SupervisorOptions:
     notice_file: Path
     job_id: str
     attempt: int = 1
-    signal: signal.Signals = signal.SIGTERM
+    signal: signal.Signals | None = signal.SIGTERM  # None: the notice comes by file and endpoint only
     on_notice: str | None = None  # shell command started (not awaited) on a stopping notice
     kill_margin: float = 5.0  # SIGKILL this long before the deadline
     grace: float = 30.0  # SIGKILL this long after the notice when no deadline is known
     signal_rebalance: bool = False  # also stop the command on rebalance/maintenance notices
     ack: bool = True  # acknowledge the notice (Azure StartRequests) once everything is durable
+    env: dict[str, str] = field(default_factory=dict)  # more for the command (the endpoint it can poll)
 
 
 def _describe(notice: Notice) -> str:
@@ -220,8 +221,9 @@ class Supervisor:
             SPOTRUN_NOTICE_FILE=str(self.options.notice_file),
             SPOTRUN_ATTEMPT=str(self.options.attempt),
             SPOTRUN_JOB_ID=self.options.job_id,
-            SPOTRUN_SIGNAL=self.options.signal.name,
+            SPOTRUN_SIGNAL=self.options.signal.name if self.options.signal else "none",
         )
+        env.update(self.options.env)
         return env
 
     def _kill_group(self, sig: signal.Signals) -> None:
@@ -339,9 +341,11 @@ class Supervisor:
             kill_after = self.options.grace
         else:
             kill_after = max(left - self.options.kill_margin, left / 2)
-        log.info("%s: sending %s to the command; SIGKILL in %s if it is still running",
-                 what, self.options.signal.name, format_duration(kill_after))
-        self._kill_group(self.options.signal)
+        sending = f"sending {self.options.signal.name} to" if self.options.signal else "not signalling (--signal none)"
+        log.info("%s: %s the command; SIGKILL in %s if it is still running",
+                 what, sending, format_duration(kill_after))
+        if self.options.signal:
+            self._kill_group(self.options.signal)
         self._start_helper(notice)
         self._kill_task = asyncio.create_task(self._escalate(kill_after))
         budget = None if left is None else kill_after

@@ -1,27 +1,39 @@
 """Turns the evidence of a check into a verdict: what went wrong, and what to change.
 
 A pass needs positive evidence for every claim (each reclaim happened, the next attempt resumed
-from a checkpoint, the run finished, the outputs match), so a script that cannot be judged
-fails with advice on how to make it measurable rather than passing by default.
+from what the store held, the run finished, the outputs match). Evidence that cannot be read is
+not a fault of the script: the verdict is then "inconclusive" (its own exit status) with advice
+on making progress visible, never a FAIL. A resume from state the store did not hold is a FAIL
+whatever else looks right: a real next machine would not have it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from spotrun.agent.supervisor import EXIT_RECLAIMED
 from spotrun.check.runner import AttemptResult, CheckConfig
+from spotrun.workdir import copied_files
 
 RESUME_ADVICE = "load the newest checkpoint from $SPOTRUN_CHECKPOINT_DIR before training (spotrun.load_latest(), or Checkpointer.restore())"
-PROGRESS_ADVICE = "call spotrun.report_progress(step) each step (or print 'step N') so the check can see where each attempt started and stopped"
+PROGRESS_ADVICE = ("call spotrun.report_progress(step) each step, or print 'step N' or {\"step\": N} lines, "
+                   "so the check can see where each attempt started and stopped")
+LOCAL_ADVICE = ("a next machine starts with an empty disk: keep checkpoints under $SPOTRUN_CHECKPOINT_DIR "
+                "(or pass the fixed path the script uses as --checkpoint-dir) so the agent makes them durable")
+COUNTER_ADVICE = ("restore the epoch/step counter (and optimizer, LR schedule, data position) along with the weights, "
+                  "and continue the loop from there")
+SOURCE_SUFFIXES = (".py", ".sh", ".yaml", ".yml", ".toml", ".json", ".cfg")
+CLEARLY_FASTER = 0.85  # the resumed run took at most this share of a run from scratch
 
 
 @dataclass
 class Finding:
-    level: str  # fail | warn
+    level: str  # fail | inconclusive | warn | note
     message: str
     advice: str = ""
 
@@ -35,6 +47,10 @@ class ReclaimEvidence:
     resumed_from: int | None  # steps already done when the next attempt started
     lost_steps: int | None
     lost_seconds: float | None
+    restore_seen: bool = False  # the next attempt said it loaded a checkpoint (SDK or framework)
+    store_had_snapshot: bool = True  # when the next attempt started
+    saved_step: int | None = None  # the framework's step count in the snapshot left behind
+    work_lost: str = "-"  # "12.3s", or "unknown" when the resume is proven but not measurable
 
 
 @dataclass
@@ -49,10 +65,20 @@ class Verdict:
     attempts: int
     progress_source: str
     workdir: str = ""
+    isolation: str = ""
+
+    @property
+    def inconclusive(self) -> bool:
+        return not self.passed and not any(f.level == "fail" for f in self.findings) and any(
+            f.level == "inconclusive" for f in self.findings)
+
+    @property
+    def word(self) -> str:
+        return "pass" if self.passed else "inconclusive" if self.inconclusive else "fail"
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "verdict": "pass" if self.passed else "fail",
+            "verdict": self.word,
             "finished": self.finished,
             "attempts": self.attempts,
             "reclaims": [vars(r) for r in self.reclaims],
@@ -62,6 +88,7 @@ class Verdict:
             "progress_source": self.progress_source,
             "findings": [vars(f) for f in self.findings],
             "workdir": self.workdir,
+            "isolation": self.isolation,
         }
 
 
@@ -75,20 +102,37 @@ def judge(config: CheckConfig, baseline: AttemptResult, attempts: list[AttemptRe
         ))
         return _verdict(findings, [], baseline, attempts, False, False)
 
+    last = attempts[-1] if attempts else None
+    finished = last is not None and last.exit_code == 0
+    compared, output_findings = False, []
+    if finished and config.outputs:
+        if config.compare_outputs:
+            compared = True
+            output_findings = _compare_outputs(config, baseline, last)
+        else:
+            output_findings.append(Finding("warn", "declared outputs were not compared (--no-compare-outputs): "
+                                           "the check cannot tell whether the resumed run computed the same result", ""))
+    outputs_match = compared and not any(f.level == "fail" for f in output_findings)
+
     start = _first_step(baseline)
     rate = _seconds_per_step(baseline)
-    reclaims = []
+    reclaims: list[ReclaimEvidence] = []
+    unmeasured: list[tuple[ReclaimEvidence, AttemptResult]] = []
     for index, result in enumerate(attempts):
         if not result.reclaimed:  # no notice, or the script finished before the notice reached it
             continue
-        number = len(reclaims) + 1
         nxt = attempts[index + 1] if index + 1 < len(attempts) else None
-        evidence = _reclaim_evidence(number, result, nxt, start, rate)
+        evidence = _reclaim_evidence(len(reclaims) + 1, result, nxt, start, rate)
         reclaims.append(evidence)
-        findings += _reclaim_findings(evidence, result, nxt, config)
+        earlier = _likely_own([baseline, *attempts[: index + 1]], config)
+        found, unknown = _reclaim_findings(evidence, result, nxt, config, earlier, compared and not outputs_match)
+        findings += found
+        if unknown:
+            unmeasured.append((evidence, nxt))
+    findings += _local_resumes(baseline, attempts, start, config)
+    if unmeasured:
+        findings += _unmeasured(unmeasured, baseline, last, finished, outputs_match)
 
-    last = attempts[-1] if attempts else None
-    finished = last is not None and last.exit_code == 0
     if last is not None and not finished and last.exit_code != EXIT_RECLAIMED:
         if last.exit_code is None:
             findings.append(Finding("fail", f"attempt {last.attempt} hung: still running after {last.duration:.0f}s",
@@ -105,30 +149,24 @@ def judge(config: CheckConfig, baseline: AttemptResult, attempts: list[AttemptRe
         findings.append(Finding("warn", f"only {len(reclaims)} of {config.reclaims} reclaims happened before the script finished",
                                 "give the script more work (steps) or ask for fewer --reclaims"))
     if not reclaims:
-        findings.append(Finding("fail", "no reclaim could be tested", "the script finished before any reclaim point; give it more work"))
+        findings.append(Finding("inconclusive", "no reclaim could be tested",
+                                "the script finished before any reclaim point; give it more work"))
 
     strays = sorted({s for r in [baseline, *attempts] for s in r.stray_checkpoints})
     if strays:
         findings.append(Finding(
-            "warn", "wrote checkpoint-like files outside $SPOTRUN_CHECKPOINT_DIR, which are lost with the machine: " + ", ".join(strays[:5]),
-            "write checkpoints under spotrun.checkpoint_dir() so the agent makes them durable",
+            "warn", "wrote checkpoint-like files outside the checkpoint directory, which are lost with the machine: " + ", ".join(strays[:5]),
+            "write checkpoints under spotrun.checkpoint_dir() (or name their directory with --checkpoint-dir) so the agent makes them durable",
         ))
-
-    compared = False
-    if finished and config.outputs:
-        if config.compare_outputs:
-            compared = True
-            findings += _compare_outputs(config, baseline, last)
-        else:
-            findings.append(Finding("warn", "declared outputs were not compared (--no-compare-outputs): "
-                                    "the check cannot tell whether the resumed run computed the same result", ""))
+    findings += output_findings
     return _verdict(findings, reclaims, baseline, attempts, finished, compared)
 
 
 def _verdict(findings, reclaims, baseline, attempts, finished, compared) -> Verdict:
     source = baseline.progress.source
+    blocking = ("fail", "inconclusive")
     return Verdict(
-        passed=finished and not any(f.level == "fail" for f in findings),
+        passed=finished and not any(f.level in blocking for f in findings),
         findings=findings, reclaims=reclaims, finished=finished, outputs_compared=compared,
         baseline_seconds=baseline.duration, interrupted_seconds=sum(a.duration for a in attempts),
         attempts=len(attempts), progress_source=source,
@@ -152,37 +190,144 @@ def _reclaim_evidence(number: int, result: AttemptResult, nxt: AttemptResult | N
             resumed_from = nxt.progress.restores[0] - start + 1
         elif nxt.progress.first is not None:
             resumed_from = nxt.progress.first - start
+        elif nxt.progress.restore_lines and result.saved_step is not None:
+            resumed_from = result.saved_step  # the framework's count of completed steps
     lost = None
     if at_step is not None and resumed_from is not None:
         lost = max(0, (at_step - start + 1) - resumed_from)
+    seconds = None if lost is None or rate is None else round(lost * rate, 3)
     return ReclaimEvidence(
         number=number, attempt=result.attempt, at_step=at_step, saw_notice=not result.escalated,
-        resumed_from=resumed_from, lost_steps=lost,
-        lost_seconds=None if lost is None or rate is None else round(lost * rate, 3),
+        resumed_from=resumed_from, lost_steps=lost, lost_seconds=seconds,
+        restore_seen=nxt is not None and nxt.progress.restore_seen,
+        store_had_snapshot=nxt is None or nxt.store_had_snapshot, saved_step=result.saved_step,
+        work_lost="-" if seconds is None else f"{seconds:.1f}s",
     )
 
 
-def _reclaim_findings(ev: ReclaimEvidence, result: AttemptResult, nxt: AttemptResult | None, config: CheckConfig) -> list[Finding]:
+def _reclaim_findings(
+    ev: ReclaimEvidence, result: AttemptResult, nxt: AttemptResult | None, config: CheckConfig,
+    local_writes: list[str], outputs_differ: bool,
+) -> tuple[list[Finding], bool]:
+    """The findings of one reclaim, and whether its lost work could not be measured."""
     found = []
     if result.escalated:
+        signal = "the notice" if config.signal == "none" else config.signal
         found.append(Finding(
-            "warn", f"reclaim {ev.number}: the script ignored {config.signal} and was killed at the deadline",
+            "warn", f"reclaim {ev.number}: the script ignored {signal} and was killed at the deadline",
             "handle the notice: stop and save when spotrun.should_stop() is true, or use spotrun.on_notice(...)",
         ))
     if nxt is None or nxt.exit_code not in (0, EXIT_RECLAIMED):
-        return found  # the next attempt's own failure is reported on its own
+        return found, False  # the next attempt's own failure is reported on its own
+    unit = result.progress.unit
+    where = f": it wrote {', '.join(local_writes[:3])} there" if local_writes else ""
+    if not nxt.store_had_snapshot and resumed_locally(nxt, ev.resumed_from):
+        return found, False  # reported once, for every attempt, by `_local_resumes`
     if ev.at_step is None or ev.resumed_from is None:
-        found.append(Finding("fail", f"reclaim {ev.number}: cannot tell where attempt {nxt.attempt} resumed", PROGRESS_ADVICE))
+        return found, True
     elif ev.resumed_from <= 0 and (ev.lost_steps or 0) > 0:
-        found.append(Finding(
-            "fail", f"restarted from step 0 after reclaim {ev.number} (it had reached step {ev.at_step})", RESUME_ADVICE,
-        ))
+        if ev.restore_seen or outputs_differ:
+            said = "loaded a checkpoint" if ev.restore_seen else "did not reproduce the uninterrupted result"
+            found.append(Finding(
+                "fail", f"after reclaim {ev.number} attempt {nxt.attempt} {said} but restarted its {unit} count at 0 "
+                f"(it had reached {unit} {ev.at_step}): it restores the weights but not where training stood",
+                COUNTER_ADVICE,
+            ))
+        else:
+            found.append(Finding(
+                "fail", f"restarted from {unit} 0 after reclaim {ev.number} (it had reached {unit} {ev.at_step})"
+                + (f"; its checkpoints went to machine-local paths{where}" if where else ""),
+                LOCAL_ADVICE if where else RESUME_ADVICE,
+            ))
     elif ev.lost_steps and not result.escalated:
         found.append(Finding(
-            "warn", f"reclaim {ev.number}: {ev.lost_steps} step(s) of work lost although {config.lead_time:.0f}s of warning was given",
+            "warn", f"reclaim {ev.number}: {ev.lost_steps} {unit}(s) of work lost although {config.lead_time:.0f}s of warning was given",
             "save a checkpoint when the notice comes (spotrun.should_stop() / Checkpointer saves on notice)",
         ))
+    return found, False
+
+
+def resumed_locally(attempt: AttemptResult, resumed_from: int | None) -> bool:
+    return (resumed_from or 0) > 0 or attempt.progress.restore_seen
+
+
+def _likely_own(results: list[AttemptResult], config: CheckConfig) -> list[str]:
+    """The machine-local writes of `results`, the script's own first: those whose path or folder
+    its command, output or source names (a shared /tmp also holds other programs' files)."""
+    writes = sorted({w for r in results for w in r.local_writes})
+    if not writes:
+        return []
+    texts = [" ".join(config.command), *(r.log.read_text(errors="replace") for r in results if r.log.exists())]
+    for path in copied_files(config.workdir):
+        with contextlib.suppress(OSError):
+            if path.suffix in SOURCE_SUFFIXES and path.stat().st_size < 1_000_000:
+                texts.append(path.read_text(errors="replace"))
+
+    def named(write: str) -> bool:
+        return any(write in text or str(Path(write).parent) in text for text in texts)
+
+    return sorted(writes, key=lambda w: not named(w))
+
+
+def _local_resumes(baseline: AttemptResult, attempts: list[AttemptResult], start: int, config: CheckConfig) -> list[Finding]:
+    """Attempts that started past the beginning although the store held nothing to restore."""
+    found = []
+    for index, attempt in enumerate(attempts):
+        first = attempt.progress.first
+        resumed_from = None if first is None else first - start
+        # finishing without doing any of the baseline's steps is a resume from the very end
+        skipped = first is None and bool(baseline.progress.steps) and attempt.exit_code == 0
+        if attempt.store_had_snapshot or not (skipped or resumed_locally(attempt, resumed_from)):
+            continue
+        writes = _likely_own([baseline, *attempts[:index]], config)
+        unit = baseline.progress.unit
+        at = " past its last step" if skipped else f" at {unit} {first}" if resumed_from else ""
+        where = f" ({', '.join(writes[:3])})" if writes else ""
+        found.append(Finding(
+            "fail", f"attempt {attempt.attempt} resumed{at} although the store held no snapshot: it loaded state left on "
+            f"this machine's disk outside the checkpoint directory{where}, which a real next machine does not have",
+            LOCAL_ADVICE,
+        ))
     return found
+
+
+def _resumes(cases: list[tuple[ReclaimEvidence, AttemptResult]]) -> str:
+    steps = [f"from step {ev.resumed_from}" for ev, _ in cases if ev.resumed_from]
+    return f"its checkpoints resumed {', '.join(steps)}; " if steps else ""
+
+
+def _unmeasured(
+    cases: list[tuple[ReclaimEvidence, AttemptResult]], baseline: AttemptResult, last: AttemptResult | None,
+    finished: bool, outputs_match: bool,
+) -> list[Finding]:
+    """Reclaims whose lost work cannot be read: a pass only on other, sufficient evidence.
+
+    A restore was seen after each, the outputs match the uninterrupted run's, and the final
+    attempt took clearly less than a run from scratch: the script resumed, by how much unknown.
+    """
+    numbers = ", ".join(str(ev.number) for ev, _ in cases)
+    # less work than from scratch: it restored a checkpoint of a later step, or simply took less time
+    faster = all((ev.resumed_from or 0) > 0 for ev, _ in cases) or (
+        last is not None and last.duration <= CLEARLY_FASTER * baseline.duration)
+    if finished and outputs_match and faster and all(ev.restore_seen for ev, _ in cases):
+        for ev, _ in cases:
+            ev.work_lost = "unknown"
+        return [Finding(
+            "note", f"reclaim(s) {numbers}: work lost unknown (no step numbers to read), but each next attempt restored "
+            f"a checkpoint, the outputs match and the resumed run did less than a run from scratch "
+            f"({_resumes(cases)}the last attempt took {last.duration:.1f}s against {baseline.duration:.1f}s)", PROGRESS_ADVICE,
+        )]
+    missing = []
+    if not all(ev.restore_seen for ev, _ in cases):
+        missing.append("no restore was seen")
+    if not outputs_match:
+        missing.append("no declared output (--output) matched the uninterrupted run's")
+    if not faster:
+        missing.append("neither a restored step count nor the last attempt's time shows less work than a run from scratch")
+    return [Finding(
+        "inconclusive", f"reclaim(s) {numbers}: cannot tell where the next attempt resumed ({'; '.join(missing)})",
+        PROGRESS_ADVICE + "; declare an output with --output so a resumed result can be compared",
+    )]
 
 
 def _compare_outputs(config: CheckConfig, baseline: AttemptResult, last: AttemptResult) -> list[Finding]:

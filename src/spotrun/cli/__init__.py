@@ -4,7 +4,7 @@ Modules import their heavy dependencies inside the command functions so that `sp
 starts fast on a fresh instance.
 """
 
-from spotrun.cli import agent, check, ckpt, dashboard, demo, emulate, jobs, market  # noqa: F401  (registers commands)
+from spotrun.cli import agent, check, ckpt, dashboard, demo, emulate, jobs, market, outputs  # noqa: F401  (registers commands)
 from spotrun.cli.app import app
 
 

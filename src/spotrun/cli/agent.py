@@ -7,7 +7,6 @@ everything it needs beyond that is imported once the options are known to be val
 from __future__ import annotations
 
 import tempfile
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +29,13 @@ running. Rebalance and maintenance notices are only written to the notice file.
 
 The command sees $SPOTRUN_NOTICE_FILE, $SPOTRUN_JOB_ID, $SPOTRUN_ATTEMPT and $SPOTRUN_SIGNAL;
 a shell script can `source "$SPOTRUN_NOTICE_FILE.env"` for $SPOTRUN_DEADLINE once notified.
-Signals sent to the agent (TERM, INT, HUP, USR1, USR2) are passed on to the command.
+The metadata endpoint the agent watches is exported as $SPOTRUN_METADATA_URL and in the cloud's
+own variable ($AWS_EC2_METADATA_SERVICE_ENDPOINT, $GCE_METADATA_HOST), so a script's own poller
+and the clouds' SDKs ask the same endpoint. Signals sent to the agent (TERM, INT, HUP, USR1,
+USR2) are passed on to the command.
+
+Without --job-id the job id is derived from the command, --checkpoint-dir and --store, so the
+same `spotrun exec` on the next machine finds this one's snapshots; it is printed at start.
 
 Exit status: the command's own; 75 when it was stopped because of a notice (resume it);
 127 when the command does not exist; 128+N when signal N killed it.
@@ -42,12 +47,16 @@ Examples:
   spotrun exec --signal INT --kill-margin 10s -- python train.py
 
   spotrun exec --provider file --watch-file /tmp/reclaim -- ./job.sh   # then: touch /tmp/reclaim
+
+  spotrun exec --signal none --checkpoint-dir /mnt/checkpoint -- python train.py   # it polls the notice itself
 """
 
 
 def _signal_arg(text: str) -> str:
     from spotrun.agent.signals import parse_signal
 
+    if text.strip().lower() == "none":
+        return "none"
     try:
         return parse_signal(text).name
     except ValueError as exc:
@@ -94,7 +103,8 @@ def exec_(
     ),
     signal_name: str = typer.Option(
         "SIGTERM", "--signal", callback=_signal_arg,
-        help="The signal sent on a notice: TERM, INT (a KeyboardInterrupt in Python), USR1, or a number.",
+        help="The signal sent on a notice: TERM, INT (a KeyboardInterrupt in Python), USR1, a number, or "
+        "`none` for a command that watches $SPOTRUN_NOTICE_FILE or the metadata endpoint itself.",
     ),
     on_notice: str | None = typer.Option(
         None, "--on-notice",
@@ -117,7 +127,8 @@ def exec_(
     ),
     job_id: str | None = typer.Option(
         None, "--job-id", envvar="SPOTRUN_JOB_ID",
-        help="The job's id, passed on as $SPOTRUN_JOB_ID (default: generated).",
+        help="The job's id, passed on as $SPOTRUN_JOB_ID and naming its snapshots (default: derived from "
+        "the command, --checkpoint-dir and --store, the same on the next machine).",
     ),
     attempt: int = typer.Option(
         1, "--attempt", envvar="SPOTRUN_ATTEMPT", min=1,
@@ -150,6 +161,11 @@ def exec_(
     status_every: float = typer.Option(
         5.0, "--status-every", parser=duration_arg, help="Heartbeat period of --status-store."
     ),
+    restart_dir: Path | None = typer.Option(
+        None, "--restart-dir",
+        help="Also copy earlier attempts' outputs (needs --outputs-dir) into this one directory, newest "
+        "attempt last, modification times kept: Valohai's `_restart` input. Exported as $SPOTRUN_RESTART_DIR.",
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log every poll and decision."),
 ) -> None:
     import asyncio
@@ -160,7 +176,10 @@ def exec_(
     from spotrun.notices.detect import WatchOptions
 
     _setup_logging(logging.DEBUG if verbose else logging.INFO)
-    job_id = job_id or f"job-{uuid.uuid4().hex[:12]}"
+    if job_id is None:
+        job_id = default_job_id(command, checkpoint_dir, outputs_dir, store)
+        logging.getLogger("spotrun.agent").info(
+            "job id %s (derived from the command, checkpoint dir and store; --job-id sets one)", job_id)
     watch = WatchOptions(
         provider=provider, metadata_url=metadata_url, allow_imdsv1=allow_imdsv1,
         watch_file=watch_file, poll_interval=poll_interval, kubernetes_grace_s=k8s_grace,
@@ -168,12 +187,15 @@ def exec_(
     )
     options = SupervisorOptions(
         notice_file=notice_file or Path(tempfile.gettempdir()) / f"spotrun-{job_id}.notice.json",
-        job_id=job_id, attempt=attempt, signal=signals.Signals[signal_name], on_notice=on_notice,
+        job_id=job_id, attempt=attempt, on_notice=on_notice,
+        signal=None if signal_name == "none" else signals.Signals[signal_name],
         kill_margin=kill_margin, grace=grace, signal_rebalance=signal_rebalance, ack=ack,
     )
     hooks: list[AgentHook] = []
     try:
-        hooks = _store_hooks(checkpoint_dir, outputs_dir, store, options, sync_interval, keep)
+        if restart_dir is not None and outputs_dir is None:
+            raise ValueError("--restart-dir needs --outputs-dir: earlier attempts' outputs are what it holds")
+        hooks = _store_hooks(checkpoint_dir, outputs_dir, store, options, sync_interval, keep, restart_dir)
         if status_store:  # last: its exit record is written once the final sync is done
             from spotrun.providers.status import StatusHook
 
@@ -206,7 +228,7 @@ def _leave_abandoned_store_calls(code: int) -> None:
 
 def _store_hooks(
     checkpoint_dir: Path | None, outputs_dir: Path | None, store: str | None,
-    options: SupervisorOptions, sync_interval: float, keep: int,
+    options: SupervisorOptions, sync_interval: float, keep: int, restart_dir: Path | None = None,
 ) -> list[AgentHook]:
     """The checkpoint and outputs hooks the options ask for; the store is imported only then."""
     if checkpoint_dir is None and outputs_dir is None:
@@ -222,7 +244,7 @@ def _store_hooks(
         if checkpoint_dir is not None:
             hooks.append(CheckpointSync(url, checkpoint_dir, options.job_id, options.attempt, sync_interval, keep))
         if outputs_dir is not None:
-            hooks.append(OutputsSync(url, outputs_dir, options.job_id, options.attempt))
+            hooks.append(OutputsSync(url, outputs_dir, options.job_id, options.attempt, restart_dir=restart_dir))
     except StoreError as exc:
         raise ValueError(str(exc)) from None
     return hooks
@@ -233,10 +255,21 @@ async def _supervise(
 ) -> int:
     """The one place the CLI's options become watchers and a supervisor."""
     from spotrun.agent.supervisor import Supervisor
-    from spotrun.notices.detect import make_watchers
+    from spotrun.notices.detect import make_watchers, metadata_env
 
     watchers = await make_watchers(watch)
+    options.env.update(metadata_env([w.provider for w in watchers], watch.metadata_url))
     return await Supervisor(command, options, watchers, hooks).run()
+
+
+def default_job_id(command: list[str], checkpoint_dir: Path | None, outputs_dir: Path | None, store: str | None) -> str:
+    """The same on every machine that runs the same `spotrun exec`: the paths as given, not
+    resolved, so a next machine with another home directory still derives it."""
+    import hashlib
+    import json
+
+    key = json.dumps([command, str(checkpoint_dir or ""), str(outputs_dir or ""), store or ""])
+    return f"job-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def _setup_logging(level: int) -> None:

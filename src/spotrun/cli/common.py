@@ -9,8 +9,16 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+def _console(stderr: bool = False) -> Console:
+    """Rich, but never hard-wrapping a line that is not going to a terminal: a pipe or a log
+    file gets each error and path on one line, whatever width Rich assumes (80 without COLUMNS)."""
+    made = Console(stderr=stderr)
+    made.soft_wrap = not made.is_terminal
+    return made
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
 

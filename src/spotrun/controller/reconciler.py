@@ -430,7 +430,7 @@ class Reconciler:
         """Best effort, after the job is recorded SUCCEEDED: a failure here is only reported."""
         from spotrun.controller.checkpoints import delete_checkpoints
 
-        url = spec.checkpoint.store or default_store_url()
+        url = spec.store_url(default_store_url())
         shown = redact_url(url)
         try:
             message = f"deleted {await delete_checkpoints(url, job_id)} snapshots from {shown} (on_success: delete)"

@@ -154,6 +154,17 @@ class Checkpoint(_Section):
     keep: int | None = Field(default=None, ge=1, le=MAX_COUNT)
 
 
+class Outputs(_Section):
+    # Each finished file here is uploaded once (`spotrun exec --outputs-dir`); fetched with
+    # `spotrun outputs`. The same confinement as checkpoint.dir.
+    dir: Annotated[Text, AfterValidator(_inside_disk)] = "outputs"
+
+
+def _outputs(value: Any) -> Any:
+    """`outputs: results` is short for `outputs: {dir: results}`."""
+    return {"dir": value} if isinstance(value, str) else value
+
+
 class Backoff(_Section):
     base: Duration = 1.0
     max: Duration = 60.0
@@ -222,12 +233,11 @@ class JobSpec(_Section):
     workdir: Text | None = None
     env: dict[str, Text] = Field(default_factory=dict, max_length=1000)
     secrets: dict[str, SecretRef] = Field(default_factory=dict, max_length=1000)
-    # Finished files here are uploaded to the store (`spotrun exec --outputs-dir`); same rules as checkpoint.dir.
-    outputs: Annotated[Text, AfterValidator(_inside_disk)] | None = None
     # Absolute folders on the instance that checkpoint.dir / outputs may name (e.g. a local NVMe).
     allow_paths: list[Text] = Field(default_factory=list, max_length=20)
     resources: Resources = Field(default_factory=Resources)
     checkpoint: Checkpoint | None = None
+    outputs: Annotated[Outputs | None, BeforeValidator(_outputs)] = None
     recovery: Recovery = Field(default_factory=Recovery)
     notice: NoticeSpec = Field(default_factory=NoticeSpec)
     max_price: float | None = Field(default=None, gt=0)
@@ -295,15 +305,19 @@ class JobSpec(_Section):
             if ck.keep is not None:
                 args += ["--keep", str(ck.keep)]
         if self.outputs is not None:
-            args += ["--outputs-dir", self.outputs]
+            args += ["--outputs-dir", self.outputs.dir]
         return tuple(args)
+
+    def store_url(self, default_store: str) -> str:
+        """Where this job's snapshots and outputs live."""
+        return (self.checkpoint.store if self.checkpoint else None) or default_store
 
     def agent_env(self, default_store: str) -> dict[str, str]:
         """What the agent reads from its environment ($SPOTRUN_STORE): handed to the instance
         like a secret, never on a command line (`ps`) or in a record."""
         if self.checkpoint is None and self.outputs is None:
             return {}
-        return {"SPOTRUN_STORE": (self.checkpoint.store if self.checkpoint else None) or default_store}
+        return {"SPOTRUN_STORE": self.store_url(default_store)}
 
 
 # --- loading with positions -------------------------------------------------------------------
@@ -334,7 +348,7 @@ def _clean_loc(loc: tuple) -> tuple:
 def _confinement(spec: JobSpec) -> list[tuple[tuple, str]]:
     """An absolute checkpoint.dir / outputs must lie under a root that `allow_paths` names."""
     found = []
-    for loc, value in ((("checkpoint", "dir"), spec.checkpoint.dir if spec.checkpoint else None), (("outputs",), spec.outputs)):
+    for loc, value in ((("checkpoint", "dir"), spec.checkpoint.dir if spec.checkpoint else None), (("outputs", "dir"), spec.outputs.dir if spec.outputs else None)):
         if value is None or not PurePosixPath(value).is_absolute():
             continue
         if not any(PurePosixPath(value).is_relative_to(root) for root in spec.allow_paths):

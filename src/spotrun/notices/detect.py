@@ -105,3 +105,21 @@ def _watcher(source: str, options: WatchOptions) -> Watcher:
     from spotrun.notices.kubernetes import KubernetesWatcher
 
     return KubernetesWatcher(grace_s=options.kubernetes_grace_s)
+
+
+def metadata_env(sources: list[str], metadata_url: str | None) -> dict[str, str]:
+    """The endpoint the agent watches, in the variables a script's own poller and the clouds'
+    SDKs read (botocore, google-auth), so under an emulator they hear the same notice."""
+    from urllib.parse import urlsplit
+
+    env: dict[str, str] = {}
+    for source in sources:
+        if source not in HTTP_CLOUDS:
+            continue
+        url = (metadata_url or importlib.import_module(f"spotrun.notices.{source}").DEFAULT_URL).rstrip("/")
+        env.setdefault("SPOTRUN_METADATA_URL", url)
+        if source == "aws":
+            env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = url + "/"
+        elif source == "gcp":
+            env["GCE_METADATA_HOST"] = env["GCE_METADATA_IP"] = urlsplit(url).netloc
+    return env

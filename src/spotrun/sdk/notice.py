@@ -111,6 +111,8 @@ def _install_signal_handler() -> None:
     if threading.current_thread() is not threading.main_thread():
         return  # Python lets only the main thread set handlers; the file watcher still works
     name = os.environ.get("SPOTRUN_SIGNAL", "SIGTERM")
+    if name == "none":
+        return  # `spotrun exec --signal none`: the notice file is the only word
     try:
         sig = signal.Signals[name]
     except KeyError:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -193,7 +194,11 @@ class CheckpointSync:
 
 
 class OutputsSync:
-    """Uploads each finished output file once; exposes earlier attempts' outputs read-only."""
+    """Uploads each finished output file once; exposes earlier attempts' outputs read-only.
+
+    Each upload's modification time is kept beside it (`mtimes/`), because scripts pick "the
+    newest checkpoint" by it: restored outputs carry their original times, not the download's.
+    """
 
     PREVIOUS = "_previous"
 
@@ -204,16 +209,18 @@ class OutputsSync:
         job_id: str,
         attempt: int,
         settle_s: float = 2.0,
+        restart_dir: str | os.PathLike[str] | None = None,
     ):
         self.store = Store.open(store_url, create=True)
         self.dir = Path(outputs_dir).absolute()
+        self.restart_dir = None if restart_dir is None else Path(restart_dir).absolute()
         self.job_id, self.attempt, self.settle_s = job_id, attempt, settle_s
         self.uploaded: set[str] = set()
         self._lock = asyncio.Lock()
         self._deadline: float | None = None  # set by a notice
 
-    def _prefix(self, attempt: int) -> str:
-        return f"{job_prefix(self.job_id)}/outputs/attempt-{attempt}"
+    def _prefix(self, attempt: int, what: str = "outputs") -> str:
+        return f"{job_prefix(self.job_id)}/{what}/attempt-{attempt}"
 
     async def before_start(self, env: dict[str, str]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -232,11 +239,23 @@ class OutputsSync:
             if not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 await self.store.backend.download(obj.key, target)
+                await self._keep_mtime(f"{job_prefix(self.job_id)}/mtimes/{attempt_part}/{rel}", target)
         _set_writable(previous, False)
         if objects:
             log.info("outputs of earlier attempts of job %s are under %s (read-only)", self.job_id, previous)
         env["SPOTRUN_OUTPUTS_DIR"] = str(self.dir)
         env["SPOTRUN_PREVIOUS_OUTPUTS"] = str(previous)
+        if self.restart_dir is not None:
+            await asyncio.to_thread(_merge_attempts, previous, self.restart_dir)
+            env["SPOTRUN_RESTART_DIR"] = str(self.restart_dir)
+            log.info("earlier attempts' outputs, newest last, are in %s", self.restart_dir)
+
+    async def _keep_mtime(self, key: str, target: Path) -> None:
+        recorded = await self.store.backend.get(key)
+        with contextlib.suppress(ValueError, OSError):
+            if recorded is not None:
+                ns = int(recorded)
+                os.utime(target, ns=(ns, ns))
 
     async def while_running(self) -> None:
         while True:
@@ -292,6 +311,10 @@ class OutputsSync:
                         break  # the rest would wait as long again for the same answer
                     continue
                 self.uploaded.add(f.rel)
+                with contextlib.suppress(StoreError):
+                    await self.store.backend.put(
+                        f"{self._prefix(self.attempt, 'mtimes')}/{f.rel}", str(f.st.st_mtime_ns).encode(), create=True
+                    )
                 await self.store.backend.flush()
                 if not created:
                     log.warning(
@@ -299,6 +322,22 @@ class OutputsSync:
                     )
                 else:
                     log.info("uploaded output %s (%d bytes)", f.rel, f.st.st_size)
+
+
+def _merge_attempts(previous: Path, dest: Path) -> None:
+    """Every attempt's outputs in one directory, oldest attempt first so the newest wins a name."""
+    dest.mkdir(parents=True, exist_ok=True)
+    attempts = sorted((p for p in previous.glob("attempt-*") if p.name[8:].isdigit()), key=lambda p: int(p.name[8:]))
+    for attempt in attempts:
+        for src in attempt.rglob("*"):
+            if src.is_file():
+                target = dest / src.relative_to(attempt)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+                shutil.copy2(src, target)
+                target.chmod(0o644)
+                os.utime(target, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns))
 
 
 def _set_writable(root: Path, writable: bool) -> None:
