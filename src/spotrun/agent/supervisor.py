@@ -27,7 +27,7 @@ from pathlib import Path
 
 from spotrun.agent.hooks import AgentHook
 from spotrun.agent.noticefile import clear_notice_file, notice_env, write_notice_file
-from spotrun.agent.procgroup import group_alive
+from spotrun.agent.procgroup import group_alive, group_handles
 from spotrun.agent.signals import FORWARDED
 from spotrun.agent.watchdog import Watchdog
 from spotrun.durations import format_duration
@@ -97,6 +97,7 @@ class Supervisor:
         self._prestart: asyncio.Task[None] | None = None
         self._early_signal: signal.Signals | None = None
         self._stop: tuple[Watcher, Notice] | None = None
+        self._heeds_notice = True  # until a signal is sent: told by file alone, it may stop early
         self._stop_task: asyncio.Task[None] | None = None
         self._kill_task: asyncio.Task[None] | None = None
         self._helpers: list[subprocess.Popen[bytes]] = []
@@ -204,9 +205,13 @@ class Supervisor:
         return code
 
     def _exit_code(self, returncode: int) -> int:
-        # Success stays success: a command that finished inside the notice window is done, and
-        # reporting it reclaimed would run its work (and its side effects) a second time.
-        if self._stop is not None and returncode != 0:
+        """After a notice, exit 0 is success only from a command that could not have acted on it:
+        one that ignores the notice's signal (or would die of it) finished its work inside the
+        window, and reporting it reclaimed would run that work, and its side effects, again. A
+        command that catches the signal, or was told by file alone (--signal none), may have
+        stopped early in good order (Lightning's SIGTERM handling exits 0): reclaimed, so it
+        resumes rather than being recorded done half-way."""
+        if self._stop is not None and (returncode != 0 or self._heeds_notice):
             log.info("the command stopped after the notice (its status %d); exiting %d (reclaimed)",
                      returncode, EXIT_RECLAIMED)
             return EXIT_RECLAIMED
@@ -345,6 +350,8 @@ class Supervisor:
         log.info("%s: %s the command; SIGKILL in %s if it is still running",
                  what, sending, format_duration(kill_after))
         if self.options.signal:
+            # Read before sending: whether the command can act on it decides what its exit 0 means.
+            self._heeds_notice = self._proc is None or group_handles(self._proc.pid, self.options.signal)
             self._kill_group(self.options.signal)
         self._start_helper(notice)
         self._kill_task = asyncio.create_task(self._escalate(kill_after))
