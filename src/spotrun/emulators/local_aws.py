@@ -38,6 +38,7 @@ from urllib.parse import parse_qs
 from aiohttp import ClientSession, web
 
 from spotrun.emulators.aws import AwsEmulator
+from spotrun.emulators.profile import InstanceProfile
 from spotrun.providers.local import procs
 
 ACCOUNT = "123456789012"  # moto's default account
@@ -203,7 +204,9 @@ class VmRunner:
         (root / "user-data").write_bytes(script)
         zone = raw["Placement"]["AvailabilityZone"]
         spot = raw.get("InstanceLifecycle") == "spot"
-        emulator = AwsEmulator(imdsv2_required=True, instance_id=ec2_id, instance_type=raw["InstanceType"], zone=zone)
+        lifecycle = "spot" if spot else "on-demand"
+        emulator = AwsEmulator(imdsv2_required=True, profile=InstanceProfile(
+            id=ec2_id, type=raw["InstanceType"], zone=zone, lifecycle=lifecycle))
         url = await emulator.start(host="127.0.0.1", port=0)
         vm = Vm(ec2_id, region, zone, spot, root, emulator, booted_at=time.time())
         self.vms[ec2_id] = vm

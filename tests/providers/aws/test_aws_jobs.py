@@ -115,10 +115,18 @@ async def test_cancel_terminates_the_instance(db: Database, local_aws: LocalAws,
 async def test_bad_input_fails_before_any_instance_starts(db: Database, local_aws: LocalAws, reconciler: object) -> None:
     bad_type = submit({"run": "true", "resources": {"cloud": "aws", "instance_type": "m5.galactic"}})
     bad_image = submit({"run": "true", "resources": {"cloud": "aws", "image": "ami-00000000deadbeef0"}})
-    for job, words in ((bad_type, "m5.galactic"), (bad_image, "ami-00000000deadbeef0")):
+    # The unknown zone is the job's second: caught at the first launch, not after a reclaim.
+    bad_zone = submit({"run": "true", "resources": {"cloud": "aws", "zones": ["us-east-1a", "us-east-1q"]}})
+    bad_region = submit({"run": "true", "resources": {"cloud": "aws", "region": "us-middle-7"}})
+    for job, words in ((bad_type, "m5.galactic"), (bad_image, "ami-00000000deadbeef0"),
+                       (bad_zone, "zone 'us-east-1q' does not exist in us-east-1 (its zones: us-east-1a,"),
+                       (bad_region, "'us-middle-7' is not an AWS region or zone")):
         final = await wait_status(db, job, "FAILED")
         assert words in final["reason"] and "\n" not in final["reason"]
     assert ec2_instances() == []
+    # Checked once per provider: one DescribeRegions, one DescribeAvailabilityZones for us-east-1.
+    assert local_aws.proxy.calls["DescribeRegions"] == 1
+    assert local_aws.proxy.calls["DescribeAvailabilityZones"] == 1
 
 
 async def test_throttled_launch_is_retried_without_a_second_instance(

@@ -100,6 +100,9 @@ class AwsProvider:
         self._status = StatusReader(config.store)
         self._spot_prices = SpotPrices()
         self._checked: set[tuple] = set()
+        self._known_regions: set[str] | None = None  # DescribeRegions, once
+        self._zones: dict[str, set[str]] = {}  # region -> its zones, DescribeAvailabilityZones once each
+        self._places_lock = asyncio.Lock()  # concurrent first launches share one look
         self._images: dict[tuple[str, str], tuple[str, str]] = {}  # (region, image) -> (ami, root device)
         self._ended_seen: dict[str, float] = {}
         self._wheelhouses: dict[str, str] = {}  # folder -> its tar's key in the store
@@ -141,10 +144,11 @@ class AwsProvider:
 
     async def launch(self, request: LaunchRequest) -> Instance:
         region, zone = self._placement(request)
-        self._regions.add(region)
         itype = request.instance_type or self.config.instance_type
         where = zone or region
         try:
+            await self._check_places([where, *request.cloud.get("places", ())])
+            self._regions.add(region)
             found = await self._by_token(region, request.token)
             if found is not None:  # launched before a crash: the same instance, not a second one
                 return found
@@ -251,6 +255,28 @@ class AwsProvider:
         key = f"workdirs/{hashlib.sha256(data).hexdigest()}.tar.gz"
         await self._status.backend.put(key, data, create=True)
         return key
+
+    async def _check_places(self, places: list[str]) -> None:
+        """Every zone and region the job may use exists, checked at its first launch: a typo in the
+        third zone fails now, in one line, not at the second relaunch, and never as a refusal
+        that sends the job on to the next zone."""
+        async with self._places_lock:
+            for place in dict.fromkeys(places):
+                region = region_of(place) or place
+                if self._known_regions is None:
+                    found = await self._ec2(self.config.region, "describe_regions", AllRegions=True)
+                    self._known_regions = {r["RegionName"] for r in found["Regions"]}
+                if region not in self._known_regions:
+                    raise ValueError(f"{place!r} is not an AWS region or zone: check resources.zones / regions / region "
+                                     f"(a region such as {self.config.region}, or a zone such as {self.config.region}a)")
+                if region_of(place) is None:
+                    continue
+                if region not in self._zones:
+                    found = await self._ec2(region, "describe_availability_zones", AllAvailabilityZones=True)
+                    self._zones[region] = {z["ZoneName"] for z in found["AvailabilityZones"]}
+                if place not in self._zones[region]:
+                    raise ValueError(f"zone {place!r} does not exist in {region} (its zones: "
+                                     f"{', '.join(sorted(self._zones[region]))}): check resources.zones")
 
     async def _preflight(self, region: str, itype: str, image: str) -> tuple[str, str]:
         """Bad input fails here, before any instance starts: credentials, region, type, image, store."""
