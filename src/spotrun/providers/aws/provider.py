@@ -34,6 +34,7 @@ log = logging.getLogger("spotrun.aws")
 TAG_JOB, TAG_ATTEMPT, TAG_TOKEN, TAG_PRICE = "spotrun:job", "spotrun:attempt", "spotrun:token", "spotrun:price"
 TAG_OWNER = "spotrun:owner"  # LaunchRequest.owner: the database whose controller may terminate it
 WHEELHOUSE_URL_S = 6 * 3600  # a launch's boot script is used within minutes; a relaunch signs anew
+STATUS_RETRY_S = 2.0
 FLEET_TTL_S = 1.0  # observations this close share one describe: one per pass at the default 1 s interval, at most one a second
 _ZONE = re.compile(r"^([a-z]{2}(-gov)?-[a-z]+-\d+)[a-z]$")
 
@@ -97,7 +98,13 @@ class AwsProvider:
         self._regions = {config.region, *config.regions}
         self._fleet: _Fleet | None = None
         self._fleet_task: asyncio.Task[_Fleet] | None = None
-        self._status = StatusReader(config.store)
+        from spotrun.store.backend import Backend
+
+        # A pass reads the status records with a short retry budget: while the store is out the
+        # pass judges by EC2's state and the next one reads again, rather than waiting out the
+        # outage. Uploads (workdir, wheelhouse) keep the store's usual patience.
+        self._status = StatusReader(config.store, retry_timeout_s=STATUS_RETRY_S)
+        self._store = Backend(config.store, create=True)
         self._spot_prices = SpotPrices()
         self._checked: set[tuple] = set()
         self._known_regions: set[str] | None = None  # DescribeRegions, once
@@ -235,7 +242,7 @@ class AwsProvider:
                 raise ValueError(f"wheelhouse {folder} has no spotrun wheel: build it with `pip wheel --wheel-dir {folder} spotrun`")
             data = await asyncio.to_thread(_tar, wheels)
             key = f"wheelhouses/{hashlib.sha256(data).hexdigest()}.tar"
-            await self._status.backend.put(key, data, create=True)
+            await self._store.put(key, data, create=True)
             self._wheelhouses[folder] = key
         bucket, _, prefix = self.config.store.removeprefix("s3://").partition("/")
         key = f"{prefix.strip('/')}/{self._wheelhouses[folder]}".lstrip("/")
@@ -253,7 +260,7 @@ class AwsProvider:
             raise ValueError(f"workdir {workdir} is not a directory: give the folder to copy")
         data = await asyncio.to_thread(pack_workdir, Path(workdir), [home()])
         key = f"workdirs/{hashlib.sha256(data).hexdigest()}.tar.gz"
-        await self._status.backend.put(key, data, create=True)
+        await self._store.put(key, data, create=True)
         return key
 
     async def _check_places(self, places: list[str]) -> None:
@@ -285,8 +292,8 @@ class AwsProvider:
 
             probe = "status/.spotrun-write-check"
             try:
-                await self._status.backend.put(probe, b"ok")
-                await self._status.backend.delete([probe])
+                await self._store.put(probe, b"ok")
+                await self._store.delete([probe])
             except StoreError as exc:
                 raise ValueError(f"cannot write the aws store {self.config.store}: {exc}") from None
             self._checked.add(("store",))
