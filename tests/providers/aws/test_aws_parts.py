@@ -70,7 +70,7 @@ def test_the_agents_word_wins_then_the_clouds_then_silence() -> None:
     assert verdict(InstanceState.RECLAIMED, Status(beat_at=0.5, returncode=75)) == (InstanceState.EXITED, 75)
     assert verdict(InstanceState.RECLAIMED, beat) == (InstanceState.RECLAIMED, None)  # no exit record: EC2's reason
     assert verdict(InstanceState.RUNNING, None, age=10) == (InstanceState.PENDING, None)  # still booting
-    assert verdict(InstanceState.RUNNING, None, age=61)[0] == InstanceState.GONE  # never booted
+    assert verdict(InstanceState.RUNNING, None, age=61)[0] == InstanceState.UNBOOTED  # never booted: an error, not a reclaim
     assert verdict(InstanceState.RUNNING, Status(beat_at=10), age=41)[0] == InstanceState.GONE  # went silent
 
 
