@@ -7,7 +7,7 @@ agent's first status record (`started_at` in `status/<job>/a000001/beat`). Basel
 run: an image with spotrun already installed (`install: python:<path>`), which pays only the
 agent's own start.
 
-    .venv/bin/pip wheel --wheel-dir /tmp/wheelhouse .      # once: spotrun and its dependencies
+    .venv/bin/pip wheel --wheel-dir /tmp/wheelhouse .      # once: the core package (the agent) and its dependencies
     .venv/bin/python benchmarks/aws_boot.py --wheelhouse /tmp/wheelhouse [--runs 3] [--json]
 """
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from spotrun.cli.app import app
-from spotrun.cli.common import JSON_OPTION, console, duration_arg, fail, print_json
+from spotrun.cli.common import JSON_OPTION, console, duration_arg, fail, needs, print_json
 
 CHECK_HELP = """Prove that COMMAND survives spot reclaims: run it once uninterrupted, then again with --reclaims reclaims at random points, and compare.
 
@@ -28,6 +28,7 @@ Examples:
 
 
 @app.command("check", help=CHECK_HELP, context_settings={"allow_interspersed_args": False}, no_args_is_help=True)
+@needs("emulate")
 def check(
     command: list[str] = typer.Argument(..., metavar="COMMAND", help="The training command, after `--`."),
     reclaims: int = typer.Option(2, "--reclaims", "-k", min=1, help="How many reclaims to inflict."),

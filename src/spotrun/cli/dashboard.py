@@ -8,7 +8,7 @@ import socket
 import typer
 
 from spotrun.cli.app import app
-from spotrun.cli.common import console, fail
+from spotrun.cli.common import console, fail, needs
 
 MIN_TOKEN_CHARS = 16
 
@@ -38,6 +38,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 @app.command()
+@needs("controller")
 def dashboard(
     port: int = typer.Option(8765, "--port", "-p", min=0, max=65535, help="Port to serve on (0: any free port, printed)."),
     host: str = typer.Option(

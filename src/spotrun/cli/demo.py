@@ -11,10 +11,11 @@ from pathlib import Path
 import typer
 
 from spotrun.cli.app import app
-from spotrun.cli.common import JSON_OPTION, console, duration_arg, fail, print_json
+from spotrun.cli.common import JSON_OPTION, console, duration_arg, fail, needs, print_json, require_extra
 
 
 @app.command()
+@needs("controller")
 def demo(
     steps: int = typer.Option(300, "--steps", min=10, help="Training steps of examples/train.py."),
     step_time: str = typer.Option("150ms", "--step-time", help="Time per step (the demo's pace)."),
@@ -41,6 +42,8 @@ def demo(
     """
     if cloud not in ("local", "aws"):
         fail(f"--cloud {cloud!r}: use local or aws")
+    if cloud == "aws":
+        require_extra("local-aws", "spotrun demo --cloud aws")
     from spotrun.controller.demo import DemoConfig, default_script
 
     script = (script or default_script()).resolve()

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from spotrun.cli.app import app
-from spotrun.cli.common import JSON_OPTION, console, duration_arg, fail, print_json
+from spotrun.cli.common import JSON_OPTION, console, duration_arg, fail, needs, print_json
 
 CONTROL_HELP = """
 Control API (what `spotrun emulate trigger` uses; any HTTP client works):
@@ -142,6 +142,7 @@ def _claim_socket(path: Path) -> None:
 
 
 @emulate.command("aws")
+@needs("emulate")
 def aws(
     host: str = HOST, port: int = PORT, socket: Path | None = SOCKET,
     notice_in: float | None = NOTICE_IN, kind: str = KIND, action: str | None = ACTION,
@@ -163,6 +164,7 @@ def aws(
 
 
 @emulate.command("gcp")
+@needs("emulate")
 def gcp(
     host: str = HOST, port: int = PORT, socket: Path | None = SOCKET,
     notice_in: float | None = NOTICE_IN, kind: str = KIND, action: str | None = ACTION,
@@ -176,6 +178,7 @@ def gcp(
 
 
 @emulate.command("azure")
+@needs("emulate")
 def azure(
     host: str = HOST, port: int = PORT, socket: Path | None = SOCKET,
     notice_in: float | None = NOTICE_IN, kind: str = KIND, action: str | None = ACTION,
@@ -198,6 +201,7 @@ def azure(
 
 
 @emulate.command("alibaba")
+@needs("emulate")
 def alibaba(
     host: str = HOST, port: int = PORT, socket: Path | None = SOCKET,
     notice_in: float | None = NOTICE_IN, kind: str = KIND, action: str | None = ACTION,
@@ -215,6 +219,7 @@ def alibaba(
 
 
 @emulate.command("eci")
+@needs("emulate")
 def eci(
     host: str = HOST, port: int = PORT,
     socket: Path | None = typer.Option(

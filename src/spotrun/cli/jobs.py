@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from spotrun.cli.app import app
-from spotrun.cli.common import JSON_OPTION, console, duration_arg, err_console, fail, print_json
+from spotrun.cli.common import JSON_OPTION, console, duration_arg, err_console, fail, needs, print_json
 
 controller_app = typer.Typer(
     help="The background controller that launches, watches and recovers jobs.", no_args_is_help=True
@@ -67,6 +67,7 @@ def _styled(status: str) -> str:
 
 
 @app.command()
+@needs("controller")
 def launch(
     spec: Path = typer.Argument(..., help="The job spec, e.g. job.yaml (a one-line `run: python train.py` is enough)."),
     name: str = typer.Option(None, "--name", "-n", help="Name shown in `spotrun jobs` (default: from the spec)."),
@@ -95,6 +96,7 @@ def launch(
 
 
 @app.command("jobs")
+@needs("controller")
 def list_jobs(json_: bool = JSON_OPTION) -> None:
     """List jobs: status, attempts, reclaims, cost and the saving against on-demand."""
     from rich.table import Table
@@ -124,6 +126,7 @@ def list_jobs(json_: bool = JSON_OPTION) -> None:
 
 
 @app.command()
+@needs("controller")
 def status(job: str = typer.Argument(..., help="Job id (or a unique prefix, or its name)."), json_: bool = JSON_OPTION) -> None:
     """One job's timeline: its attempts, reclaims, errors, costs and every event."""
     from rich.table import Table
@@ -161,6 +164,7 @@ def status(job: str = typer.Argument(..., help="Job id (or a unique prefix, or i
 
 
 @app.command()
+@needs("controller")
 def logs(
     job: str = typer.Argument(..., help="Job id (or a unique prefix, or its name)."),
     attempt: int = typer.Option(None, "--attempt", "-a", help="Only this attempt (default: every attempt, in order)."),
@@ -216,6 +220,7 @@ def _follow(ref: str, only: int | None = None) -> str:
 
 
 @app.command()
+@needs("controller")
 def cancel(job: str = typer.Argument(..., help="Job id (or a unique prefix, or its name).")) -> None:
     """Stop a job: its instance is terminated and it ends CANCELLED (checkpoints are kept)."""
     from spotrun.controller.repo import request_cancel
@@ -227,6 +232,7 @@ def cancel(job: str = typer.Argument(..., help="Job id (or a unique prefix, or i
 
 
 @app.command()
+@needs("controller")
 def resume(job: str = typer.Argument(..., help="Job id (or a unique prefix, or its name) of a finished job.")) -> None:
     """Run a finished, failed or cancelled job again from its kept checkpoint (same id, fresh budgets)."""
     from spotrun.controller.repo import request_resume
@@ -238,6 +244,7 @@ def resume(job: str = typer.Argument(..., help="Job id (or a unique prefix, or i
 
 
 @app.command()
+@needs("controller")
 def interrupt(
     job: str = typer.Argument(..., help="Job id (or a unique prefix, or its name)."),
     lead_time: str = typer.Option(None, "--lead-time", "-l", help="Notice before the reclaim, e.g. 10s (default: the spec's notice.lead_time, else the cloud's own)."),
@@ -306,6 +313,7 @@ _INTERVAL_OPT = typer.Option("1s", "--interval", help="Time between reconcile pa
 
 
 @controller_app.command("start")
+@needs("controller")
 def controller_start(
     reclaim_every: str = _LIFETIME_OPT, lead_time: str = _LEAD_OPT, seed: int = _SEED_OPT,
     interval: str = _INTERVAL_OPT, json_: bool = JSON_OPTION,
@@ -325,6 +333,7 @@ def controller_start(
 
 
 @controller_app.command("stop")
+@needs("controller")
 def controller_stop(json_: bool = JSON_OPTION) -> None:
     """Stop the background controller; jobs keep running and are picked up at the next start."""
     from spotrun.controller.service import stop_daemon
@@ -337,6 +346,7 @@ def controller_stop(json_: bool = JSON_OPTION) -> None:
 
 
 @controller_app.command("status")
+@needs("controller")
 def controller_status(json_: bool = JSON_OPTION) -> None:
     """Whether the background controller runs, where its log is, and how many jobs are active."""
     with _user_errors():
@@ -360,6 +370,7 @@ def controller_view(db: Any) -> dict[str, Any]:
 
 
 @controller_app.command("run", hidden=True)
+@needs("controller")
 def controller_run(
     reclaim_every: str = _LIFETIME_OPT, lead_time: str = _LEAD_OPT, seed: int = _SEED_OPT,
     interval: str = _INTERVAL_OPT,

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from spotrun.cli.app import app
-from spotrun.cli.common import JSON_OPTION, console, err_console, fail, print_json
+from spotrun.cli.common import JSON_OPTION, console, err_console, fail, needs, print_json, require_extra
 from spotrun.market.policy import DEFAULT_ON_DEMAND_PRICE, DEFAULT_SPOT_PRICE
 
 DEFAULT_POLICIES = "on-demand,greedy,up,adaptive,optimum"
@@ -53,6 +53,7 @@ def _list_traces(as_json: bool) -> None:
 
 
 @app.command(rich_help_panel="Market")
+@needs("market")
 def simulate(
     traces: list[str] = typer.Option(
         ["aws-10-26-2022/*"], "--traces", "-t",
@@ -343,6 +344,7 @@ def prices(
         return
     if not types:
         fail("--history needs --instance-types (e.g. -i p3.2xlarge)")
+    require_extra("aws", "spotrun prices --history")
     try:
         since_td = timedelta(seconds=_hours(since, "--since"))
         found = market_prices.spot_history(region, types, since_td, endpoint_url)

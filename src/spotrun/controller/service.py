@@ -29,6 +29,7 @@ from typing import IO, Any
 from sqlalchemy.engine import make_url
 
 from spotrun.controller.db import Database
+from spotrun.extras import require
 from spotrun.paths import default_db_url, home, open_private, private_dir
 
 START_WAIT_S = 30.0  # a cold start imports sqlalchemy and alembic; the machine may be loaded
@@ -119,6 +120,7 @@ def make_providers(market: Any = None) -> dict[str, Any]:
 
     providers: dict[str, Any] = {"local": LocalProvider(home() / "local", market)}
     if os.environ.get("SPOTRUN_AWS_STORE"):  # configured: see docs/aws.md
+        require("aws", "the aws provider (SPOTRUN_AWS_STORE is set)")
         from spotrun.providers.aws import AwsConfig, AwsProvider
 
         providers["aws"] = AwsProvider(AwsConfig.from_env())

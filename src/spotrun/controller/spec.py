@@ -284,7 +284,9 @@ class JobSpec(_Section):
         """What a cloud provider needs beyond `LaunchRequest`'s own fields."""
         res = self.resources
         settings: dict[str, Any] = {"region": res.region if zone is None else None, "image": res.image,
-                                    "disk_gb": res.disk_gb}
+                                    "disk_gb": res.disk_gb,
+                                    # every place the job may go, so the first launch can check them all
+                                    "places": list(dict.fromkeys(p for p, _ in res.placements() if p)) or None}
         if self.aws is not None:
             settings["aws"] = self.aws.model_dump(exclude_none=True)
             settings["install"] = self.aws.install

@@ -6,6 +6,8 @@ So, on 127.0.0.1:
 - `FaultProxy` sits in front of moto's EC2 and answers chosen calls with EC2's real error XML
   (`InsufficientInstanceCapacity` for one zone, throttling, ...) or with per-zone spot prices;
   everything else goes through to moto. It counts calls by action (the scale benchmark).
+- `Outage` relays S3 (the store) over TCP and can cut it: every connection dropped, open or new,
+  as a partition or an S3 outage looks to the agent and the controller alike.
 - `VmRunner` plays every spotrun instance moto holds: it runs the instance's real user data as a
   local process group with an IMDS emulator as its metadata endpoint, powers the instance off in
   moto when the script ends, and kills the processes when moto says the instance was
@@ -137,6 +139,51 @@ class FaultProxy:
             if (not types or t in types) and (zone is None or z == zone)
         )
         return _PRICES_XML.format(rid=rid, rows=rows)
+
+
+class Outage:
+    """A TCP relay in front of one service that a test can cut and mend (`down`)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.down = False
+        self.dropped = 0  # connections refused or cut while down
+        self._open: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            self.dropped += 1
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self._open |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(1 << 16):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+            self._open.discard(dst)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def cut(self, down: bool) -> None:
+        self.down = down
+        if down:
+            self.dropped += len(self._open) // 2
+            for w in list(self._open):
+                w.close()
+
+    async def stop(self) -> None:
+        await self.cut(True)
+        if self._server is not None:
+            self._server.close()
 
 
 @dataclass
@@ -308,13 +355,15 @@ class LocalAws:
         self._thread.start()
         self.proxy = FaultProxy(self.moto_url)
         self.proxy.url = self.call(self._serve_proxy())
+        self.s3 = Outage(host, port)
+        s3_url = self.call(self.s3.start())
         region = self.regions[0]
         self.env = {
             **DUMMY_CREDENTIALS,
             "AWS_DEFAULT_REGION": region,
             "AWS_EC2_METADATA_DISABLED": "true",  # never 169.254.169.254 from the controller's side
             "AWS_ENDPOINT_URL": self.moto_url,
-            "AWS_ENDPOINT_URL_S3": self.moto_url,
+            "AWS_ENDPOINT_URL_S3": s3_url,
             "AWS_ENDPOINT_URL_EC2": self.proxy.url,
             "SPOTRUN_AWS_STORE": f"s3://{self.bucket}/spotrun",
             "SPOTRUN_AWS_REGION": region,
@@ -350,6 +399,10 @@ class LocalAws:
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return future.result(timeout=120)
 
+    def store_outage(self, down: bool) -> None:
+        """Cut S3 (every request fails as unreachable) or bring it back."""
+        self.call(self.s3.cut(down))
+
     def reclaim(self, instance_id: str, lead_s: float | None = None) -> None:
         """Start a reclaim of a provider instance id (`region:i-...`) or an EC2 id; returns at once."""
         ec2_id = instance_id.rpartition(":")[2]
@@ -361,6 +414,7 @@ class LocalAws:
                 self._runner_task.cancel()
             await self.runner.shutdown()
             await self._proxy_runner.cleanup()
+            await self.s3.stop()
 
         with contextlib.suppress(Exception):
             self.call(stop())

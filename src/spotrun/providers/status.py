@@ -90,10 +90,10 @@ class Status:
 class StatusReader:
     """Every attempt's status from one LIST; `exit` bodies read once and kept."""
 
-    def __init__(self, store_url: str) -> None:
+    def __init__(self, store_url: str, retry_timeout_s: float | None = None) -> None:
         from spotrun.store.backend import Backend
 
-        self.backend = Backend(store_url, create=True)
+        self.backend = Backend(store_url, create=True, retry_timeout_s=retry_timeout_s)
         self._exits: dict[str, tuple[int, float]] = {}
 
     async def read_all(self) -> dict[tuple[str, int], Status]:

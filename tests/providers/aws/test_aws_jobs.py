@@ -115,10 +115,18 @@ async def test_cancel_terminates_the_instance(db: Database, local_aws: LocalAws,
 async def test_bad_input_fails_before_any_instance_starts(db: Database, local_aws: LocalAws, reconciler: object) -> None:
     bad_type = submit({"run": "true", "resources": {"cloud": "aws", "instance_type": "m5.galactic"}})
     bad_image = submit({"run": "true", "resources": {"cloud": "aws", "image": "ami-00000000deadbeef0"}})
-    for job, words in ((bad_type, "m5.galactic"), (bad_image, "ami-00000000deadbeef0")):
+    # The unknown zone is the job's second: caught at the first launch, not after a reclaim.
+    bad_zone = submit({"run": "true", "resources": {"cloud": "aws", "zones": ["us-east-1a", "us-east-1q"]}})
+    bad_region = submit({"run": "true", "resources": {"cloud": "aws", "region": "us-middle-7"}})
+    for job, words in ((bad_type, "m5.galactic"), (bad_image, "ami-00000000deadbeef0"),
+                       (bad_zone, "zone 'us-east-1q' does not exist in us-east-1 (its zones: us-east-1a,"),
+                       (bad_region, "'us-middle-7' is not an AWS region or zone")):
         final = await wait_status(db, job, "FAILED")
         assert words in final["reason"] and "\n" not in final["reason"]
     assert ec2_instances() == []
+    # Checked once per provider: one DescribeRegions, one DescribeAvailabilityZones for us-east-1.
+    assert local_aws.proxy.calls["DescribeRegions"] == 1
+    assert local_aws.proxy.calls["DescribeAvailabilityZones"] == 1
 
 
 async def test_throttled_launch_is_retried_without_a_second_instance(
@@ -148,6 +156,36 @@ async def test_a_reclaim_without_the_agents_word_is_still_a_reclaim(
     assert seen.state == InstanceState.RECLAIMED
     repo.request_cancel(db, job)
     await wait_status(db, job, "CANCELLED")
+
+
+async def test_a_store_outage_during_a_reclaim_loses_no_job_and_starts_no_second_instance(
+    tmp_path: Path, db: Database, local_aws: LocalAws, reconciler: object
+) -> None:
+    steps = 60
+    job = submit(train_job(tmp_path, "outage", steps, 0.05))
+    await async_wait_until(lambda: read_progress(tmp_path, "outage").step >= 15, what="progress to be checkpointed")
+    first = live_instance(db, job)
+    local_aws.store_outage(True)  # status records and checkpoints unreachable from here on
+    local_aws.reclaim(first, lead_s=1.0)
+    # Neither the agent's notice nor its exit record can reach the store: EC2's state tells.
+    await async_wait_until(lambda: view(db, job)["reclaims"] == 1, what="the reclaim recorded from EC2's state")
+    local_aws.store_outage(False)
+    assert local_aws.s3.dropped > 0  # the agent or the controller did try the store meanwhile
+    final = await wait_status(db, job, "SUCCEEDED", "FAILED")
+    assert final["status"] == "SUCCEEDED", final["reason"]
+    attempts = final["attempt_list"]
+    assert attempts[0]["cause"] == "reclaim" and attempts[0]["exit_status"] is None  # no exit record came
+    assert attempts[-1]["cause"] == "success"
+
+    plain = tmp_path / "plain.json"
+    subprocess.run([sys.executable, str(TRAIN), "--steps", str(steps), "--output", str(plain)], check=True,
+                   capture_output=True, cwd=tmp_path)
+    assert json.loads((tmp_path / "outage.json").read_text())["weights_sha256"] == json.loads(plain.read_text())["weights_sha256"]
+    # One instance per attempt, every one of them ended.
+    launched = ec2_instances(**{"tag:spotrun:job": [job]})
+    tokens = [t["Value"] for i in launched for t in i["Tags"] if t["Key"] == "spotrun:token"]
+    assert len(tokens) == len(set(tokens)) == len(attempts)
+    assert {i["State"]["Name"] for i in launched} == {"terminated"}
 
 
 def test_controller_killed_between_run_instances_and_its_record(

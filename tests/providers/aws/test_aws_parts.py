@@ -70,7 +70,7 @@ def test_the_agents_word_wins_then_the_clouds_then_silence() -> None:
     assert verdict(InstanceState.RECLAIMED, Status(beat_at=0.5, returncode=75)) == (InstanceState.EXITED, 75)
     assert verdict(InstanceState.RECLAIMED, beat) == (InstanceState.RECLAIMED, None)  # no exit record: EC2's reason
     assert verdict(InstanceState.RUNNING, None, age=10) == (InstanceState.PENDING, None)  # still booting
-    assert verdict(InstanceState.RUNNING, None, age=61)[0] == InstanceState.GONE  # never booted
+    assert verdict(InstanceState.RUNNING, None, age=61)[0] == InstanceState.UNBOOTED  # never booted: an error, not a reclaim
     assert verdict(InstanceState.RUNNING, Status(beat_at=10), age=41)[0] == InstanceState.GONE  # went silent
 
 
@@ -81,7 +81,7 @@ def test_spec_cloud_fields() -> None:
     assert spec.resources.provider == "aws"
     assert spec.resources.placements() == [("us-east-1a", "g5.xlarge"), ("us-east-1b", "g5.xlarge"),
                                            ("us-east-1a", "g6.xlarge"), ("us-east-1b", "g6.xlarge")]
-    assert spec.cloud_settings("us-east-1a") == {"disk_gb": 200, "aws": {
+    assert spec.cloud_settings("us-east-1a") == {"disk_gb": 200, "places": ["us-east-1a", "us-east-1b"], "aws": {
         "subnet_id": {"us-east-1a": "subnet-1"}, "security_group_ids": [], "iam_instance_profile": "spotrun-node"}}
     regions = parse_spec({"run": "x", "resources": {"cloud": "aws", "regions": ["us-east-1", "us-west-2"]}})
     assert regions.resources.placements() == [("us-east-1", None), ("us-west-2", None)]

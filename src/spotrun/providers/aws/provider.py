@@ -34,6 +34,7 @@ log = logging.getLogger("spotrun.aws")
 TAG_JOB, TAG_ATTEMPT, TAG_TOKEN, TAG_PRICE = "spotrun:job", "spotrun:attempt", "spotrun:token", "spotrun:price"
 TAG_OWNER = "spotrun:owner"  # LaunchRequest.owner: the database whose controller may terminate it
 WHEELHOUSE_URL_S = 6 * 3600  # a launch's boot script is used within minutes; a relaunch signs anew
+STATUS_RETRY_S = 2.0
 FLEET_TTL_S = 1.0  # observations this close share one describe: one per pass at the default 1 s interval, at most one a second
 _ZONE = re.compile(r"^([a-z]{2}(-gov)?-[a-z]+-\d+)[a-z]$")
 
@@ -97,9 +98,18 @@ class AwsProvider:
         self._regions = {config.region, *config.regions}
         self._fleet: _Fleet | None = None
         self._fleet_task: asyncio.Task[_Fleet] | None = None
-        self._status = StatusReader(config.store)
+        from spotrun.store.backend import Backend
+
+        # A pass reads the status records with a short retry budget: while the store is out the
+        # pass judges by EC2's state and the next one reads again, rather than waiting out the
+        # outage. Uploads (workdir, wheelhouse) keep the store's usual patience.
+        self._status = StatusReader(config.store, retry_timeout_s=STATUS_RETRY_S)
+        self._store = Backend(config.store, create=True)
         self._spot_prices = SpotPrices()
         self._checked: set[tuple] = set()
+        self._known_regions: set[str] | None = None  # DescribeRegions, once
+        self._zones: dict[str, set[str]] = {}  # region -> its zones, DescribeAvailabilityZones once each
+        self._places_lock = asyncio.Lock()  # concurrent first launches share one look
         self._images: dict[tuple[str, str], tuple[str, str]] = {}  # (region, image) -> (ami, root device)
         self._ended_seen: dict[str, float] = {}
         self._wheelhouses: dict[str, str] = {}  # folder -> its tar's key in the store
@@ -141,10 +151,11 @@ class AwsProvider:
 
     async def launch(self, request: LaunchRequest) -> Instance:
         region, zone = self._placement(request)
-        self._regions.add(region)
         itype = request.instance_type or self.config.instance_type
         where = zone or region
         try:
+            await self._check_places([where, *request.cloud.get("places", ())])
+            self._regions.add(region)
             found = await self._by_token(region, request.token)
             if found is not None:  # launched before a crash: the same instance, not a second one
                 return found
@@ -231,7 +242,7 @@ class AwsProvider:
                 raise ValueError(f"wheelhouse {folder} has no spotrun wheel: build it with `pip wheel --wheel-dir {folder} spotrun`")
             data = await asyncio.to_thread(_tar, wheels)
             key = f"wheelhouses/{hashlib.sha256(data).hexdigest()}.tar"
-            await self._status.backend.put(key, data, create=True)
+            await self._store.put(key, data, create=True)
             self._wheelhouses[folder] = key
         bucket, _, prefix = self.config.store.removeprefix("s3://").partition("/")
         key = f"{prefix.strip('/')}/{self._wheelhouses[folder]}".lstrip("/")
@@ -249,8 +260,30 @@ class AwsProvider:
             raise ValueError(f"workdir {workdir} is not a directory: give the folder to copy")
         data = await asyncio.to_thread(pack_workdir, Path(workdir), [home()])
         key = f"workdirs/{hashlib.sha256(data).hexdigest()}.tar.gz"
-        await self._status.backend.put(key, data, create=True)
+        await self._store.put(key, data, create=True)
         return key
+
+    async def _check_places(self, places: list[str]) -> None:
+        """Every zone and region the job may use exists, checked at its first launch: a typo in the
+        third zone fails now, in one line, not at the second relaunch, and never as a refusal
+        that sends the job on to the next zone."""
+        async with self._places_lock:
+            for place in dict.fromkeys(places):
+                region = region_of(place) or place
+                if self._known_regions is None:
+                    found = await self._ec2(self.config.region, "describe_regions", AllRegions=True)
+                    self._known_regions = {r["RegionName"] for r in found["Regions"]}
+                if region not in self._known_regions:
+                    raise ValueError(f"{place!r} is not an AWS region or zone: check resources.zones / regions / region "
+                                     f"(a region such as {self.config.region}, or a zone such as {self.config.region}a)")
+                if region_of(place) is None:
+                    continue
+                if region not in self._zones:
+                    found = await self._ec2(region, "describe_availability_zones", AllAvailabilityZones=True)
+                    self._zones[region] = {z["ZoneName"] for z in found["AvailabilityZones"]}
+                if place not in self._zones[region]:
+                    raise ValueError(f"zone {place!r} does not exist in {region} (its zones: "
+                                     f"{', '.join(sorted(self._zones[region]))}): check resources.zones")
 
     async def _preflight(self, region: str, itype: str, image: str) -> tuple[str, str]:
         """Bad input fails here, before any instance starts: credentials, region, type, image, store."""
@@ -259,8 +292,8 @@ class AwsProvider:
 
             probe = "status/.spotrun-write-check"
             try:
-                await self._status.backend.put(probe, b"ok")
-                await self._status.backend.delete([probe])
+                await self._store.put(probe, b"ok")
+                await self._store.delete([probe])
             except StoreError as exc:
                 raise ValueError(f"cannot write the aws store {self.config.store}: {exc}") from None
             self._checked.add(("store",))
