@@ -33,8 +33,10 @@ def artifacts() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Module-scoped: Playwright's sync API holds an event loop in the main thread while it runs,
+    and every later test's `asyncio.run()` would find it running."""
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run scripts/test, or apt-get install chromium"
