@@ -237,3 +237,14 @@ def test_a_command_that_finishes_inside_the_notice_window_exits_0(agent, out, tm
     wait_for(lambda: (out / "ready").exists(), "the command to start")
     publish(tmp_path, {"deadline": in_seconds(60)})
     assert a.wait() == 0, a.log
+
+
+def test_a_command_that_catches_the_signal_and_exits_0_is_reclaimed(agent, out, tmp_path):
+    # Lightning's way: the handler stops the work early in good order and the process exits 0.
+    # Taken as done, the job would be recorded SUCCEEDED half-way; it must resume instead.
+    script = (f"trap 'exit 0' TERM; touch {out}/ready; "
+              "while true; do sleep 0.05; done")  # fmt: skip
+    a = agent(file_args(tmp_path, "--grace", "20s"), ["bash", "-c", script])
+    wait_for(lambda: (out / "ready").exists(), "the command to start")
+    publish(tmp_path, {"deadline": in_seconds(60)})
+    assert a.wait() == 75, a.log
