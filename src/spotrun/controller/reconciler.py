@@ -50,7 +50,6 @@ log = logging.getLogger("spotrun.controller")
 
 RECLAIM_JITTER_S = 0.25  # spread of relaunches after a reclaim
 AUTO_ON_DEMAND_AFTER = 3  # `spot: auto`: consecutive spot refusals before trying on-demand
-_ENDED = ENDED
 
 
 def crash_point(label: str) -> None:
@@ -244,7 +243,7 @@ class Reconciler:
         elif current is not None:
             inst = await provider.query(current.instance_id)
             # A reclaim already announced, or a switch this process started, just plays out.
-            steady = inst.state not in _ENDED and inst.state != InstanceState.NOTICE
+            steady = inst.state not in ENDED and inst.state != InstanceState.NOTICE
             if not (spec.deadline_aware and steady):
                 await self._observe(job, spec, current, inst, provider)
             elif current.cause != Cause.SWITCH.value:
@@ -393,7 +392,7 @@ class Reconciler:
 
     async def _observe(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance, provider: Provider) -> None:
         self._keep_log(job.id, att, inst)
-        if inst.state not in _ENDED:
+        if inst.state not in ENDED:
             with self.db.session() as s:
                 j = s.get(Job, job.id)
                 if inst.state != InstanceState.PENDING:
@@ -567,7 +566,7 @@ class Reconciler:
         for name in sorted(names):
             provider = self.provider(name)
             instances = await provider.list_instances()
-            mine = [i for i in instances if i.state not in _ENDED and i.owner == self.db.identity]
+            mine = [i for i in instances if i.state not in ENDED and i.owner == self.db.identity]
             if not mine:
                 continue
             with self.db.session() as s:  # read after listing: a row always precedes its instance

@@ -286,8 +286,10 @@ class Dashboard:
             return JSONResponse({"action": action, **sent})
         else:
             return _error(404, f"no action {action!r}: use cancel, resume or interrupt")
-        await run_in_threadpool(start_daemon)  # as `spotrun cancel/resume`: someone must act on it
+        # The status the request left, read before the controller can move it on (a reply that
+        # depended on how fast the controller picked the job up would say different things).
         view = await run_in_threadpool(repo.get_view, self.db, job_id, False)
+        await run_in_threadpool(start_daemon)  # as `spotrun cancel/resume`: someone must act on it
         return JSONResponse({"action": action, "id": job_id, "status": view["status"]})
 
 

@@ -58,9 +58,7 @@ def state_counts(db: Database) -> dict[str, int]:
 def store_url(spec_json: str) -> str | None:
     """Where the job's snapshots go, or None for a job without checkpoints."""
     spec = JobSpec.model_validate_json(spec_json)
-    if spec.checkpoint is None:
-        return None
-    return spec.checkpoint.store or default_store_url()
+    return spec.store_url(default_store_url()) if spec.checkpoint is not None else None
 
 
 # --- progress across attempts ------------------------------------------------------------
