@@ -6,12 +6,14 @@ import asyncio
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 
 from spotrun.providers.base import InstanceState, LaunchRefused
-from spotrun.providers.local import LocalProvider, MarketConfig
+from spotrun.providers.local import LocalProvider, MarketConfig, procs
+from spotrun.providers.local.records import InstanceDir, instance_id_for
 
 from .conftest import instance_processes, processes, request, wait_state, wait_until
 
@@ -221,3 +223,61 @@ async def test_on_demand_instances_cannot_be_interrupted(make_provider) -> None:
         await provider.interrupt(instance.id)
     assert (await provider.query(instance.id)).state in (InstanceState.PENDING, InstanceState.RUNNING)
 
+
+
+async def test_a_launch_killed_while_its_launcher_starts_is_found_again(make_provider) -> None:
+    """The launching process (a controller) SIGKILLed after spawning the launcher but before the
+    launcher's pid is on record: the launcher still holds the launch lock, so the instance is
+    neither buried as lost nor launched a second time, and its job runs once."""
+    provider = make_provider()
+    code = (
+        "import asyncio, sys\n"
+        "from spotrun.providers.local import LocalProvider\n"
+        "from tests.providers.conftest import request\n"
+        "asyncio.run(LocalProvider(sys.argv[1]).launch(request('t-crash', 'echo job-ran')))\n"
+    )
+    env = {**os.environ, "SPOTRUN_TEST_CRASH_AT": "launcher-spawned", "SPOTRUN_TEST_STOP_AT": "launcher-unrecorded"}
+    crashed = await asyncio.create_subprocess_exec(sys.executable, "-c", code, str(provider.root), env=env)
+    assert await crashed.wait() == -signal.SIGKILL
+    instance_id = instance_id_for("t-crash")
+
+    def frozen() -> list[int]:
+        return [pid for pid in procs.instance_pids(instance_id)
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1].startswith("T")]
+
+    await wait_until(lambda: bool(frozen()), "the launcher to stop before recording its pid")
+    assert (await provider.query(instance_id)).state != InstanceState.GONE  # still launching, not lost
+    (launcher,) = frozen()
+    os.kill(launcher, signal.SIGCONT)
+    again = await provider.launch(request("t-crash", "echo job-ran"))
+    assert again.id == instance_id
+    done = await wait_state(provider, instance_id, InstanceState.EXITED)
+    assert done.returncode == 0
+    assert Path(done.log_path).read_text().count("job-ran\n") == 1
+
+
+@pytest.mark.parametrize("end", ["deadline", "agent-killed"])
+async def test_a_command_that_ended_is_not_lost_with_its_agent(make_provider, monkeypatch, tmp_path: Path, end: str) -> None:
+    """The command finishes (ignoring a notice, inside its window; or with none); the agent,
+    frozen right after recording that, never exits by itself: the machine's deadline passes, or
+    the agent is killed. Its exit record still says how the command ended: not "lost", so the
+    controller records a success and never runs the command's side effects again."""
+    monkeypatch.setenv("SPOTRUN_TEST_STOP_AT", "agent-exit-recorded")
+    provider = make_provider()
+    go = tmp_path / "go"
+    run = 'trap "" TERM; echo ready; while [ ! -e "$SPOTRUN_NOTICE_FILE" ] && [ ! -e "$GO" ]; do sleep 0.05; done; echo finished'
+    instance = await provider.launch(request("t-ended", run, env={"GO": str(go)}))
+    running = await wait_state(provider, instance.id, InstanceState.RUNNING)
+    await wait_until(lambda: "ready" in Path(running.log_path).read_text(), "the job to start")
+    if end == "deadline":
+        await provider.interrupt(instance.id, lead_s=3)
+    else:
+        go.touch()
+    await wait_until(lambda: "finished" in Path(running.log_path).read_text(), "the command to finish")
+    if end == "agent-killed":
+        state = InstanceDir(provider.root, instance.id).read_state()
+        await wait_until(lambda: Path(f"/proc/{state.agent_pid}/stat").read_text().rsplit(") ", 1)[-1].startswith("T"),
+                         "the agent to stop after its exit record")
+        os.kill(state.agent_pid, signal.SIGKILL)
+    ended = await wait_state(provider, instance.id, InstanceState.RECLAIMED, InstanceState.EXITED)
+    assert (ended.state, ended.returncode) == (InstanceState.RECLAIMED if end == "deadline" else InstanceState.EXITED, 0)

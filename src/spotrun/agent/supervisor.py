@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -31,7 +32,9 @@ from spotrun.agent.procgroup import group_alive, group_handles
 from spotrun.agent.signals import FORWARDED
 from spotrun.agent.watchdog import Watchdog
 from spotrun.durations import format_duration
+from spotrun.faults import stop_point
 from spotrun.notices.base import Notice, NoticeKind, Watcher
+from spotrun.sdk.atomic import replace_via_temp
 
 log = logging.getLogger("spotrun.agent")
 
@@ -56,6 +59,7 @@ class SupervisorOptions:
     signal_rebalance: bool = False  # also stop the command on rebalance/maintenance notices
     ack: bool = True  # acknowledge the notice (Azure StartRequests) once everything is durable
     env: dict[str, str] = field(default_factory=dict)  # more for the command (the endpoint it can poll)
+    exit_file: Path | None = None  # the agent's exit status, written as soon as the command ends
 
 
 def _describe(notice: Notice) -> str:
@@ -192,6 +196,9 @@ class Supervisor:
         for task in running:
             task.cancel()
         await asyncio.gather(handling, *running, return_exceptions=True)
+        code = self._exit_code(returncode)
+        self._record_exit(code, returncode)
+        stop_point("agent-exit-recorded")
         if self._kill_task is not None:
             # A shell dies on the signal at once while the program it ran is still saving:
             # the rest of the group gets until the escalation, not a SIGKILL now.
@@ -200,9 +207,20 @@ class Supervisor:
         if self._stop_task is not None:
             await self._stop_task
 
-        code = self._exit_code(returncode)
         await self._call_hooks_in_order("after_exit", code, swallow=True)
         return code
+
+    def _record_exit(self, code: int, returncode: int) -> None:
+        """Say at once how the command ended, before the final sync and the agent's own exit: a
+        machine reclaimed (or an agent killed) in between must not turn a finished command into
+        a lost one that runs, side effects and all, a second time."""
+        if self.options.exit_file is None:
+            return
+        try:
+            with replace_via_temp(self.options.exit_file, durable=False) as tmp:  # a process death, not a power cut
+                tmp.write_text(json.dumps({"code": code, "returncode": returncode}))
+        except OSError as exc:
+            log.warning("could not write the exit record %s: %s", self.options.exit_file, exc)
 
     def _exit_code(self, returncode: int) -> int:
         """After a notice, exit 0 is success only from a command that could not have acted on it:

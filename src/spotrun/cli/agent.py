@@ -166,6 +166,12 @@ def exec_(
         help="Also copy earlier attempts' outputs (needs --outputs-dir) into this one directory, newest "
         "attempt last, modification times kept: Valohai's `_restart` input. Exported as $SPOTRUN_RESTART_DIR.",
     ),
+    exit_file: Path | None = typer.Option(
+        None, "--exit-file",
+        help="Write the agent's exit status here (JSON) the moment the command ends, before the final "
+        "sync: whoever runs the agent learns a finished command's outcome even if the machine or the "
+        "agent goes before the agent exits. The local provider uses it.",
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log every poll and decision."),
 ) -> None:
     import asyncio
@@ -190,6 +196,7 @@ def exec_(
         job_id=job_id, attempt=attempt, on_notice=on_notice,
         signal=None if signal_name == "none" else signals.Signals[signal_name],
         kill_margin=kill_margin, grace=grace, signal_rebalance=signal_rebalance, ack=ack,
+        exit_file=exit_file,
     )
     hooks: list[AgentHook] = []
     try:

@@ -25,7 +25,6 @@ import asyncio
 import logging
 import os
 import random
-import signal
 import socket
 import time
 from collections.abc import Coroutine, Mapping
@@ -41,6 +40,7 @@ from spotrun.controller.db import Database
 from spotrun.controller.models import ACTIVE, Attempt, Cause, Event, Job, JobStatus
 from spotrun.controller.policy import Planner, capacity, describe, label, zone_of
 from spotrun.controller.spec import JobSpec
+from spotrun.faults import crash_point
 from spotrun.market.policy import IDLE, ON_DEMAND_KIND, SPOT_KIND, Decision
 from spotrun.paths import default_store_url, open_private
 from spotrun.providers.base import ENDED, Instance, InstanceState, LaunchRefused, LaunchRequest, Provider
@@ -50,13 +50,6 @@ log = logging.getLogger("spotrun.controller")
 
 RECLAIM_JITTER_S = 0.25  # spread of relaunches after a reclaim
 AUTO_ON_DEMAND_AFTER = 3  # `spot: auto`: consecutive spot refusals before trying on-demand
-
-
-def crash_point(label: str) -> None:
-    """Fault injection for tests: die by SIGKILL here when SPOTRUN_TEST_CRASH_AT names `label`
-    (after-attempt-row, after-launch, after-terminate)."""
-    if os.environ.get("SPOTRUN_TEST_CRASH_AT") == label:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def classify(inst: Instance) -> Cause:

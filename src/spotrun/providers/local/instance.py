@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING
 from spotrun.providers.base import InstanceState
 from spotrun.providers.local import procs
 from spotrun.providers.local.records import InstanceDir, Spec, State
+from spotrun.faults import stop_point
 from spotrun.paths import home
 from spotrun.sdk.atomic import save_atomic
 from spotrun.workdir import copy_workdir
@@ -57,6 +58,7 @@ class Launcher:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        self.record.agent_exit_file.unlink(missing_ok=True)  # from a launch that crashed half-way
         self._set(InstanceState.PENDING)
         beat = asyncio.create_task(self._heartbeat())
         emulator = None
@@ -145,6 +147,7 @@ class Launcher:
             "--metadata-url", url,
             "--job-id", spec.job_id,
             "--attempt", str(spec.attempt),
+            "--exit-file", str(self.record.agent_exit_file),
             *spec.agent_args,
             "--", "bash", "-c", spec.run,
         ]  # fmt: skip
@@ -157,9 +160,11 @@ class Launcher:
         try:
             await asyncio.wait({exited, stop, reclaim}, return_when=asyncio.FIRST_COMPLETED)
             if exited.done() and exited.result() < 0 and agent:
+                sig = signal.Signals(-exited.result()).name
+                if (code := self._reported(exited)) is not None:
+                    return InstanceState.EXITED, code, f"the agent was killed by {sig} after its command ended (status {code})"
                 # A killed agent reported nothing (its watchdog took the command down with it):
                 # the instance is lost, as a VM whose agent died, and its disk goes with it.
-                sig = signal.Signals(-exited.result()).name
                 return InstanceState.GONE, None, f"lost: the agent was killed by {sig}"
             if exited.done():
                 return InstanceState.EXITED, exited.result(), f"exited with status {exited.result()}"
@@ -173,26 +178,32 @@ class Launcher:
             )
             if stop.done() and not exited.done():
                 return await self._stop(proc, exited)
-            if exited.done():
-                status = exited.result()
-                return InstanceState.RECLAIMED, status, f"reclaimed; the agent exited with status {status}"
-            return InstanceState.RECLAIMED, None, "reclaimed; still running at the deadline, killed"
+            status = self._reported(exited) if agent else (exited.result() if exited.done() else None)
+            if status is None:
+                return InstanceState.RECLAIMED, None, "reclaimed; no exit status from the agent (killed, or still running at the deadline)"
+            return InstanceState.RECLAIMED, status, f"reclaimed; the agent's exit status {status}"
         finally:
             stop.cancel()
             exited.cancel()
+
+    def _reported(self, exited: asyncio.Task[int]) -> int | None:
+        """The agent's exit status; or, where it did not exit by itself (killed, or still
+        finishing when the machine went), the one its exit record gave when the command ended."""
+        if exited.done() and exited.result() >= 0:
+            return exited.result()
+        return self.record.agent_exit_code()
 
     async def _stop(self, proc: asyncio.subprocess.Process, exited: asyncio.Task[int]) -> Outcome:
         """`terminate`: the agent gets SIGTERM (it saves work as on a notice), then SIGKILL."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         await asyncio.wait({exited}, timeout=STOP_GRACE_S)
-        returncode = exited.result() if exited.done() else None
-        return InstanceState.TERMINATED, returncode, "terminated"
+        return InstanceState.TERMINATED, self._reported(exited), "terminated"
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 2:
-        sys.exit("usage: python -m spotrun.providers.local.instance ROOT INSTANCE_ID")
+    if len(argv) not in (2, 3):
+        sys.exit("usage: python -m spotrun.providers.local.instance ROOT INSTANCE_ID [LOCK_FD]")
     record = InstanceDir(Path(argv[0]), argv[1])
     spec = record.read_spec()
     if spec is None:
@@ -201,8 +212,13 @@ def main(argv: list[str]) -> None:
     # carry on without ever reaping it, and it never lingers as a zombie.
     child = os.fork()
     if child:
+        stop_point("launcher-unrecorded")
+        # Exiting closes this process's copy of the launch lock, the last one once the pid is
+        # on record (the child drops its own at once).
         save_atomic(record.launcher_file, json.dumps({"pid": child, "pgid": os.getpgid(0)}))
         os._exit(0)
+    if len(argv) == 3:
+        os.close(int(argv[2]))  # close, not unlock: an unlock would free it for every holder
     asyncio.run(Launcher(record, spec).run())
 
 

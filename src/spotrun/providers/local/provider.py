@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from spotrun.faults import crash_point
 from spotrun.paths import private_dir, private_file
 from spotrun.providers.base import Instance, InstanceState, LaunchRefused, LaunchRequest
 from spotrun.providers.local import market as market_mod
@@ -49,8 +50,9 @@ class LocalProvider:
         return InstanceDir(self.root, instance_id)
 
     @contextlib.asynccontextmanager
-    async def _launch_lock(self, record: InstanceDir) -> AsyncIterator[None]:
-        """One launch per token at a time, across processes; released if the holder dies."""
+    async def _launch_lock(self, record: InstanceDir) -> AsyncIterator[int]:
+        """One launch per token at a time, across processes; released when every holder is gone.
+        Yields the lock's descriptor, which the launcher inherits (see `_start_launcher`)."""
         with open(record.lock_file, "a") as lock:
             while True:
                 try:
@@ -59,7 +61,7 @@ class LocalProvider:
                 except BlockingIOError:
                     await asyncio.sleep(POLL_S)
             try:
-                yield
+                yield lock.fileno()
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -74,12 +76,12 @@ class LocalProvider:
 
     async def launch(self, request: LaunchRequest) -> Instance:
         record = self._record(instance_id_for(request.token))
-        async with self._launch_lock(record):
+        async with self._launch_lock(record) as lock_fd:
             if record.launcher_pid() is None:
                 # fsync and fork off the event loop: a controller launching many must not stall
                 await asyncio.to_thread(record.write_spec, self._spec(record.id, request))
                 record.state_file.unlink(missing_ok=True)  # from a launch that crashed half-way
-                await self._start_launcher(record, request.secrets)
+                await self._start_launcher(record, request.secrets, lock_fd)
         return await self.query(record.id)
 
     def _spec(self, instance_id: str, request: LaunchRequest) -> Spec:
@@ -130,19 +132,24 @@ class LocalProvider:
         """Outside the scratch directory, so the log outlives a reclaim."""
         return private_file(self.root / "logs" / job_id / f"attempt-{attempt}.log")
 
-    async def _start_launcher(self, record: InstanceDir, secrets: dict[str, str]) -> None:
+    async def _start_launcher(self, record: InstanceDir, secrets: dict[str, str], lock_fd: int) -> None:
         # Secrets travel in the launcher's environment (readable only by this user, gone with
         # the process), never in spec.json: the command inherits them from there.
+        # The launcher inherits the launch lock and holds it until its pid is on record: a
+        # controller killed while it starts leaves the lock held, so the next launch of the
+        # token waits and finds this launcher instead of starting a second one.
         with open(record.launcher_log, "ab") as log:
             proc = await asyncio.to_thread(
                 subprocess.Popen,
-                [sys.executable, "-m", "spotrun.providers.local.instance", str(self.root), record.id],
+                [sys.executable, "-m", "spotrun.providers.local.instance", str(self.root), record.id, str(lock_fd)],
                 env={**os.environ, **secrets, **procs.marker_env(record.id)},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=(lock_fd,),
             )
+        crash_point("launcher-spawned")
         # It forks and exits at once, leaving the launcher with no parent to wait for it.
         while (returncode := proc.poll()) is None:
             await asyncio.sleep(POLL_S)

@@ -97,6 +97,18 @@ class InstanceDir:
         return self.path / "launcher.log"
 
     @property
+    def agent_exit_file(self) -> Path:
+        """The agent's `--exit-file`: how its command ended, should the agent not live to say."""
+        return self.path / "agent-exit.json"
+
+    def agent_exit_code(self) -> int | None:
+        try:
+            data = _read_json(self.agent_exit_file)
+            return int(data["code"]) if data else None
+        except (ValueError, KeyError, TypeError):  # torn or foreign: as if not written
+            return None
+
+    @property
     def lock_file(self) -> Path:
         return self.path.parent / f".{self.id}.lock"
 
