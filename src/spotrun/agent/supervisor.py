@@ -191,14 +191,14 @@ class Supervisor:
             task.add_done_callback(lambda t, what=what: _log_failure(t, what))
         handling = asyncio.create_task(self._handle_notices(queue))
         returncode = await self._proc.wait()
+        code = self._exit_code(returncode)  # a notice handled from here on finds the command gone
+        self._record_exit(code, returncode)
+        stop_point("agent-exit-recorded")
 
         handling.cancel()
         for task in running:
             task.cancel()
         await asyncio.gather(handling, *running, return_exceptions=True)
-        code = self._exit_code(returncode)
-        self._record_exit(code, returncode)
-        stop_point("agent-exit-recorded")
         if self._kill_task is not None:
             # A shell dies on the signal at once while the program it ran is still saving:
             # the rest of the group gets until the escalation, not a SIGKILL now.
