@@ -46,7 +46,8 @@ class MarketConfig:
     lead_s: float | None = None  # notice lead time; None: the cloud's own (AWS 120 s, GCP/Azure 30 s)
     mean_lifetime_s: float | None = None
     seed: int | None = None
-    trace: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]] | None = None
+    # a file or bundled name for every zone, or a zone -> one (or a loaded Trace) mapping
+    trace: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str] | Trace] | None = None
     time_scale: float = 1.0  # wall seconds per trace second: 1/600 plays a 600 s tick in 1 s
     trace_epoch: float | None = None  # wall time of tick 0; None: fixed under the provider root
     zone: str | None = None  # used when a launch names none; default the trace's first zone
@@ -63,10 +64,10 @@ class MarketConfig:
         if self.time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, not {self.time_scale}")
         if self.trace is not None:
-            from spotrun.market.trace import load_trace  # numpy: only when traces are used
+            from spotrun.market.trace import Trace, load_trace  # numpy: only when traces are used
 
             paths = self.trace if isinstance(self.trace, Mapping) else {"*": self.trace}
-            self._traces.update({zone: load_trace(p) for zone, p in paths.items()})
+            self._traces.update({zone: p if isinstance(p, Trace) else load_trace(p) for zone, p in paths.items()})
 
     @property
     def notice_lead_s(self) -> float:
