@@ -15,13 +15,15 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("jobs", sa.Column("sweep", sa.String(220), nullable=True))
-    op.create_index("ix_jobs_sweep", "jobs", ["sweep"])
     op.create_index("ix_jobs_name", "jobs", ["name"])
     op.create_index("ix_jobs_created_id", "jobs", ["created_at", "id"])
+    op.create_index("ix_jobs_status_created_id", "jobs", ["status", "created_at", "id"])
+    op.create_index("ix_jobs_sweep_created_id", "jobs", ["sweep", "created_at", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_sweep_created_id", "jobs")
+    op.drop_index("ix_jobs_status_created_id", "jobs")
     op.drop_index("ix_jobs_created_id", "jobs")
     op.drop_index("ix_jobs_name", "jobs")
-    op.drop_index("ix_jobs_sweep", "jobs")
     op.drop_column("jobs", "sweep")
