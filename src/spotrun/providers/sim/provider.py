@@ -198,7 +198,8 @@ class SimProvider:
         """The market's notice now, the instance gone `lead_s` later (default the market's lead)."""
         rec = self._fleet.get(instance_id)
         if rec is None:
-            raise ValueError(f"no sim instance {instance_id}: check the id")
+            raise ValueError(f"no sim instance {instance_id} in this process: sim instances live in the memory of the "
+                             "controller that launched them, so only its market (trace, rate) reclaims them")
         if not rec.spot:
             raise ValueError(f"{instance_id} is on-demand: only spot instances are reclaimed")
         now = self.clock.time()
