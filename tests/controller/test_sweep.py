@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from spotrun.controller import repo
-from spotrun.controller.api import launch_sweep
+from spotrun.controller.api import launch, launch_sweep
 from spotrun.controller.models import Job, JobStatus
 from spotrun.controller.spec import SpecError, load_spec_text
 
@@ -44,6 +44,8 @@ def _specs(db, label: str) -> list[tuple[str, dict]]:
 def test_sweep_yaml_creates_the_jobs_and_they_run_on_sim(tmp_path: Path, db) -> None:
     path = tmp_path / "sweep.yaml"
     path.write_text(SWEEP)
+    with pytest.raises(SpecError, match="the spec is a sweep of 6 jobs: submit it with launch_sweep"):
+        launch(path, db_url=db.url, start_controller=False)
     label, handles = launch_sweep(path, db_url=db.url, start_controller=False)
     assert label.startswith("train-") and len(handles) == 6
     jobs = _specs(db, label)
