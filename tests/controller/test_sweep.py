@@ -77,6 +77,12 @@ def test_sweep_yaml_creates_the_jobs_and_they_run_on_sim(tmp_path: Path, db) -> 
 
     asyncio.run(drive())
     assert {v["status"] for v in repo.list_views(db)[0]} == {"SUCCEEDED"}
+    # `spotrun status LABEL`: the sweep at a glance, its cost the sum of its jobs'.
+    summary = repo.sweep_view(db, label)
+    views = repo.list_views(db, sweep=label)[0]
+    assert (summary["jobs"], summary["states"], summary["attempts"]) == (6, {"SUCCEEDED": 6}, 6)
+    assert summary["cost"] == pytest.approx(sum(v["cost"] for v in views), abs=1e-5) and summary["cost"] > 0
+    assert repo.sweep_view(db, "no-such-sweep") is None
 
 
 @pytest.mark.parametrize(("grid", "says"), [

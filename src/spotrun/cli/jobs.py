@@ -183,14 +183,20 @@ def list_jobs(
 
 @app.command()
 @needs("controller")
-def status(job: str = typer.Argument(..., help="Job id (or a unique prefix, or its name)."), json_: bool = JSON_OPTION) -> None:
-    """One job's timeline: its attempts, reclaims, errors, costs and every event."""
+def status(job: str = typer.Argument(..., help="Job id (or a unique prefix, or its name), or a sweep's label."), json_: bool = JSON_OPTION) -> None:
+    """One job's timeline: its attempts, reclaims, errors, costs and every event; or a sweep at a
+    glance (its jobs per state, reclaims and cost so far): `spotrun status train-3fa2c1`."""
     from rich.table import Table
 
-    from spotrun.controller.repo import get_view
+    from spotrun.controller.repo import get_view, sweep_view
 
     with _user_errors():
-        v = get_view(_db(), job)
+        db = _db()
+        sweep = sweep_view(db, job)
+        v = get_view(db, job) if sweep is None else sweep
+    if sweep is not None:
+        _print_sweep(sweep, json_)
+        return
     if json_:
         print_json(v)
         return
@@ -217,6 +223,17 @@ def status(job: str = typer.Argument(..., help="Job id (or a unique prefix, or i
     for e in v["events"]:
         events.add_row(_when(e["at"]), str(e["attempt"] or ""), e["kind"], e["message"].splitlines()[0])
     console.print(events)
+
+
+def _print_sweep(v: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(v)
+        return
+    states = "  ".join(f"{_styled(k)} {n}" for k, n in v["states"].items())
+    console.print(f"sweep [bold]{v['sweep']}[/]: {v['jobs']} jobs  {states}")
+    console.print(f"attempts {v['attempts']}  reclaims {v['reclaims']}  errors {v['errors']}  cost {_money(v['cost'])}  "
+                  f"saved {_money(v['saving'])} ({v['saving_pct']:.0f}%) vs on-demand")
+    console.print(f"`spotrun jobs --sweep {v['sweep']} --state failed` lists its failed jobs")
 
 
 @app.command()

@@ -218,6 +218,32 @@ def list_views(db: Database, *, states: list[str] | None = None, name: str | Non
         return views(s, list(s.scalars(query))), total
 
 
+def sweep_view(db: Database, label: str) -> dict[str, Any] | None:
+    """A sweep at a glance: its jobs per state, attempts, reclaims and cost so far, in three
+    aggregate queries whatever its size; None when no sweep has this label."""
+    now = time.time()
+    with db.session() as s:
+        states = dict(s.execute(select(Job.status, func.count()).where(Job.sweep == label).group_by(Job.status)).all())
+        if not states:
+            return None
+        reclaims, errors = s.execute(select(func.sum(Job.reclaims), func.sum(Job.errors)).where(Job.sweep == label)).one()
+        hours = (func.coalesce(Attempt.ended_at, now) - Attempt.started_at) / 3600
+        attempts, cost, od = s.execute(
+            select(func.count(), func.sum(func.coalesce(Attempt.price, 0.0) * hours),
+                   func.sum(func.coalesce(Attempt.on_demand_price, Attempt.price, 0.0) * hours))
+            .join(Job, Job.id == Attempt.job_id)
+            .where(Job.sweep == label, Attempt.instance_id.is_not(None), Attempt.started_at.is_not(None))
+        ).one()
+    cost, od = float(cost or 0.0), float(od or 0.0)
+    return {
+        "sweep": label, "jobs": sum(states.values()),
+        "states": {st.value: int(states.get(st.value, 0)) for st in JobStatus if states.get(st.value)},
+        "attempts": int(attempts), "reclaims": int(reclaims or 0), "errors": int(errors or 0),
+        "cost": round(cost, 6), "on_demand_cost": round(od, 6), "saving": round(od - cost, 6),
+        "saving_pct": round(100 * (od - cost) / od, 1) if od else 0.0,
+    }
+
+
 def count_active(db: Database) -> int:
     with db.session() as s:
         return s.scalar(select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE))) or 0
