@@ -79,6 +79,7 @@ class SimProvider:
         self._by_job: dict[str, list[str]] = {}
         self._work_done: dict[str, float] = {}  # job -> seconds of work its attempts have done
         self._ids = itertools.count(1)
+        self._table: dict[str | None, tuple[float, float]] = {}  # instance type -> the bundled table's prices
 
     # --- the state machine ---------------------------------------------------------------
 
@@ -215,7 +216,9 @@ class SimProvider:
         """Spot: the zone's own price, else the trace's at this tick, else the settings' or the
         bundled table's for the type; on-demand: the settings' or the table's."""
         zone = zone or self.market.default_zone()
-        spot, od = table_prices(self.market.cloud, instance_type)
+        if instance_type not in self._table:  # asked per job per pass: the table is read once per type
+            self._table[instance_type] = table_prices(self.market.cloud, instance_type)
+        spot, od = self._table[instance_type]
         spot = self.config.spot_price if self.config.spot_price is not None else spot
         traced = self.market.price(zone, self.clock.time(), self.epoch)
         spot = self.config.zone_prices.get(zone, traced if traced is not None else spot)
