@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from spotrun.controller.replay import POLICIES, replay
@@ -22,27 +23,29 @@ from spotrun.market.policy import JobSpec
 from spotrun.market.sim import Market, simulate
 from spotrun.market.trace import synthetic
 
-JOB = JobSpec(compute_s=5 * 3600, deadline_s=8 * 3600, changeover_s=720)
+JOB = JobSpec(compute_s=6 * 3600, deadline_s=10 * 3600, changeover_s=720)
 
 
 def _same(controller, simulator) -> None:
-    pure = {(r.policy, r.start_tick): r for r in simulator}
+    pure = {(r.market, r.policy, r.start_tick): r for r in simulator}
     assert len(pure) == len(controller)
     for r in controller:
-        p = pure[(r.policy, r.start_tick)]
-        where = f"{r.policy} from tick {r.start_tick}"
+        p = pure[(r.market, r.policy, r.start_tick)]
+        where = f"{r.policy} from tick {r.start_tick} in {r.market}"
         assert r.cost == pytest.approx(p.cost, abs=1e-6), where
         assert (r.met_deadline, r.changeovers, r.preemptions) == (p.met_deadline, p.changeovers, p.preemptions), where
         assert r.spot_work_s == pytest.approx(p.spot_work_s, abs=1e-3), where
 
 
-def test_every_run_agrees_with_the_simulator_across_zones() -> None:
-    """Two zones with frequent reclaims: reclaims, zone hops, spot <-> on-demand switches."""
-    zones = [synthetic(30, 600, 0.6, 3600, seed=s, name=f"z{s}") for s in (3, 4)]
-    market = Market.of(zones)
-    starts = market.random_starts(JOB, 3, seed=1)
-    ran = replay(JOB, [market], list(POLICIES), [starts])
-    sim = [simulate(make(p), JOB, market, int(s)) for p in POLICIES for s in starts]
+def test_every_run_agrees_with_the_simulator() -> None:
+    """Frequent reclaims in one zone and in two: relaunches, zone hops, spot <-> on-demand switches
+    (from ticks 28 and 100 of the one-zone market, adaptive switches where relaunching a tick late,
+    or asking the policy twice in a tick, changes its cost)."""
+    one = Market.of([synthetic(72, 600, 0.6, 3600, seed=3, name="one")])
+    two = Market.of([synthetic(30, 600, 0.6, 3600, seed=s, name=f"z{s}") for s in (3, 4)])
+    starts = [np.array([28, 100]), two.random_starts(JOB, 2, seed=1)]
+    ran = replay(JOB, [one, two], list(POLICIES), starts)
+    sim = [simulate(make(p), JOB, m, int(s)) for m, ticks in zip((one, two), starts) for p in POLICIES for s in ticks]
     _same(ran, sim)
     # The sweep exercised what it claims to: reclaims and more launches than runs.
     assert sum(r.preemptions for r in ran) > 0
