@@ -38,6 +38,7 @@ class _Live:
     policy: Policy
     last_at: float  # when it last decided: the length of the tick it saw
     last: Decision | None = None  # the last decision recorded in the job's timeline
+    switch_to: Decision | None = None  # a move off the running attempt it chose at `last_at`
 
 
 def policy_name(spec: JobSpec) -> str:
@@ -109,10 +110,19 @@ class Planner:
 
     def decide(self, job: Job, spec: JobSpec, attempts: list[Attempt], current: Attempt | None,
                provider: Provider) -> tuple[Decision, Observation]:
-        """The policy's choice, overruled by the Safety Net: on-demand whenever only it still fits."""
+        """The policy's choice, overruled by the Safety Net: on-demand whenever only it still fits.
+
+        The relaunch that follows a switch within the same interval (its stop was over at once)
+        launches what the switch chose, without asking again: a policy that learns from each
+        observation (adaptive) would otherwise count that interval twice.
+        """
         now = time.time()
         obs, market_job = self.observe(job, spec, attempts, current, provider, now)
         live = self._live.get(job.id)
+        running = current is not None and current.instance_id is not None
+        if live is not None and live.switch_to is not None and not running and now - live.last_at < self.interval:
+            choice, live.switch_to = live.switch_to, None
+            return choice, obs
         if live is None:
             policy = policies.make(policy_name(spec))
             policy.reset(market_job)
@@ -121,6 +131,7 @@ class Planner:
         if choice.kind != ON_DEMAND_KIND and not is_safe(obs, choice):
             choice = ON_DEMAND
         live.last_at = now
+        live.switch_to = choice if running and choice not in (IDLE, capacity(spec, current)) else None
         return choice, obs
 
     def is_news(self, job_id: str, decision: Decision) -> bool:
