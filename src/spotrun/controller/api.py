@@ -18,7 +18,7 @@ from spotrun.controller.models import JobStatus
 from spotrun.controller.spec import JobSpec, SpecError, load_spec
 from spotrun.redact import redact_url
 
-KNOWN_PROVIDERS = ("local", "aws")
+KNOWN_PROVIDERS = ("local", "aws", "sim")
 STORE_SCHEMES = ("file", "s3", "gs", "az", "azure", "abfs", "memory")
 
 
@@ -91,6 +91,13 @@ def prepare_spec(spec: JobSpec | str | Path | dict) -> JobSpec:
 
         try:
             AwsConfig.from_env()
+        except ValueError as exc:
+            problems.append(f"resources.cloud: {exc}")
+    if job.resources.provider == "sim":
+        from spotrun.providers.sim import SimConfig
+
+        try:
+            SimConfig.from_env()
         except ValueError as exc:
             problems.append(f"resources.cloud: {exc}")
     if job.workdir is not None:

@@ -301,7 +301,7 @@ class Reconciler:
             elif current.cause != Cause.SWITCH.value:
                 await self._follow_policy(job, spec, attempts or [current], current, inst, provider)
             elif current.id not in self._stopped:  # marked by a controller that died before stopping it
-                await self._act(job.id, self._stop_for_switch(current, inst, spec, provider))
+                await self._act(job.id, self._stop_for_switch(job, current, inst, spec, provider))
             else:
                 await self._observe(job, spec, current, inst, provider)
         elif spec.recovery.deadline is not None and time.time() > job.submitted_at + spec.recovery.deadline:
@@ -357,10 +357,12 @@ class Reconciler:
             s.get(Attempt, att.id).cause = Cause.SWITCH.value
             how = "with the cloud's notice" if inst.spot else "gracefully (SIGTERM)"
             repo.add_event(s, job.id, "switch", f"moving attempt {att.number} to {label(spec, decision)}: stopping {inst.id} {how}", att.number)
-        await self._act(job.id, self._stop_for_switch(att, inst, spec, provider))
+        await self._act(job.id, self._stop_for_switch(job, att, inst, spec, provider))
 
-    async def _stop_for_switch(self, att: Attempt, inst: Instance, spec: JobSpec, provider: Provider) -> None:
-        """Stop so the job checkpoints: the cloud's notice on spot, a graceful terminate otherwise."""
+    async def _stop_for_switch(self, job: Job, att: Attempt, inst: Instance, spec: JobSpec, provider: Provider) -> None:
+        """Stop so the job checkpoints: the cloud's notice on spot, a graceful terminate otherwise.
+        A stop that is over already (a terminate that waited, a notice with no lead) relaunches
+        now rather than a pass later, as the policy that chose the switch assumed."""
         self._stopped.add(att.id)
         try:
             if not inst.spot:
@@ -368,6 +370,9 @@ class Reconciler:
             await provider.interrupt(inst.id, spec.notice.lead_time)
         except (ValueError, NotImplementedError):  # no notice to give: a graceful stop instead
             await self._terminate(provider, inst.id)
+        stopped = await provider.query(inst.id)
+        if stopped.state in ENDED:
+            await self._finish_attempt(job, spec, att, stopped, provider)
 
     def _new_attempt(self, job: Job, spec: JobSpec, attempts: list[Attempt], provider: Provider,
                      decision: Decision | None = None) -> Attempt:

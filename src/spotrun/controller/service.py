@@ -124,6 +124,9 @@ def make_providers(market: Any = None) -> dict[str, Any]:
         from spotrun.providers.aws import AwsConfig, AwsProvider
 
         providers["aws"] = AwsProvider(AwsConfig.from_env())
+    from spotrun.providers.sim import SimConfig, SimProvider
+
+    providers["sim"] = SimProvider(SimConfig.from_env())  # in memory: costs nothing until a job uses it
     return providers
 
 

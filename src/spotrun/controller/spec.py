@@ -226,6 +226,13 @@ class AwsSection(_Section):
     install: Text | None = None  # pip:<requirement> or python:<path>; default the controller's version
 
 
+class SimSection(_Section):
+    """What a job does on the sim provider, which runs no command (docs/sim.md)."""
+
+    work: PositiveDuration | None = None  # compute it needs; None: runs until stopped or reclaimed
+    exit_code: int = Field(default=0, ge=0, le=255)  # how it exits once its work is done
+
+
 class JobSpec(_Section):
     name: Text | None = Field(default=None, max_length=200)
     run: Text = Field(min_length=1)
@@ -242,6 +249,7 @@ class JobSpec(_Section):
     notice: NoticeSpec = Field(default_factory=NoticeSpec)
     max_price: float | None = Field(default=None, gt=0)
     aws: AwsSection | None = None
+    sim: SimSection | None = None
     on_success: Literal["keep", "delete"] = "keep"
 
     @field_validator("run")
@@ -290,6 +298,8 @@ class JobSpec(_Section):
         if self.aws is not None:
             settings["aws"] = self.aws.model_dump(exclude_none=True)
             settings["install"] = self.aws.install
+        if self.sim is not None:
+            settings["sim"] = self.sim.model_dump(exclude_none=True)
         return {k: v for k, v in settings.items() if v is not None}
 
     def display_name(self) -> str:

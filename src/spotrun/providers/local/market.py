@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spotrun.sdk.atomic import save_atomic
 
@@ -46,11 +46,13 @@ class MarketConfig:
     lead_s: float | None = None  # notice lead time; None: the cloud's own (AWS 120 s, GCP/Azure 30 s)
     mean_lifetime_s: float | None = None
     seed: int | None = None
-    trace: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]] | None = None
+    # a file or bundled name for every zone, or a zone -> one (or a loaded Trace) mapping
+    trace: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str] | Trace] | None = None
     time_scale: float = 1.0  # wall seconds per trace second: 1/600 plays a 600 s tick in 1 s
     trace_epoch: float | None = None  # wall time of tick 0; None: fixed under the provider root
     zone: str | None = None  # used when a launch names none; default the trace's first zone
     _traces: dict[str, Trace] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _gaps: dict[int, Any] = field(default_factory=dict, init=False, repr=False, compare=False)  # id(trace) -> its gap ticks
 
     def __post_init__(self) -> None:
         if self.cloud not in CLOUDS:
@@ -62,10 +64,10 @@ class MarketConfig:
         if self.time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, not {self.time_scale}")
         if self.trace is not None:
-            from spotrun.market.trace import load_trace  # numpy: only when traces are used
+            from spotrun.market.trace import Trace, load_trace  # numpy: only when traces are used
 
             paths = self.trace if isinstance(self.trace, Mapping) else {"*": self.trace}
-            self._traces.update({zone: load_trace(p) for zone, p in paths.items()})
+            self._traces.update({zone: p if isinstance(p, Trace) else load_trace(p) for zone, p in paths.items()})
 
     @property
     def notice_lead_s(self) -> float:
@@ -82,12 +84,28 @@ class MarketConfig:
     def _tick_s(self, trace: Trace) -> float:
         return trace.gap_s * self.time_scale
 
+    def traced_zones(self) -> list[str] | None:
+        """The zones traces name, when every zone needs one (no `*` trace); None otherwise."""
+        if not self._traces or "*" in self._traces:
+            return None
+        return sorted(self._traces)
+
+    def _tick(self, trace: Trace, now: float, epoch: float) -> int:
+        return math.floor((now - epoch) / self._tick_s(trace)) % trace.ticks
+
+    def price(self, zone: str, now: float, epoch: float) -> float | None:
+        """The zone's trace's spot $/h at wall time `now`, when its trace carries prices."""
+        trace = self._trace_for(zone)
+        if trace is None or trace.prices is None:
+            return None
+        return float(trace.prices[self._tick(trace, now, epoch)])
+
     def available(self, zone: str, now: float, epoch: float) -> bool:
         """Whether a spot launch in `zone` is possible at wall time `now`."""
         trace = self._trace_for(zone)
         if trace is None:
             return True
-        return bool(trace.available[math.floor((now - epoch) / self._tick_s(trace)) % trace.ticks])
+        return bool(trace.available[self._tick(trace, now, epoch)])
 
     def notice_at(self, token: str, zone: str, now: float, epoch: float) -> float | None:
         """Wall time a spot instance launched now gets its reclaim notice; None: never."""
@@ -98,15 +116,25 @@ class MarketConfig:
             times.append(now + rng.expovariate(1.0 / self.mean_lifetime_s))
         trace = self._trace_for(zone)
         if trace is not None:
-            import numpy as np
-
             tick_s = self._tick_s(trace)
             first = math.floor((now - epoch) / tick_s)
-            ahead = np.roll(trace.available, -(first % trace.ticks))  # ticks from now on, looped
-            gaps = np.flatnonzero(~ahead)
-            if gaps.size:
-                times.append(max(now, epoch + (first + int(gaps[0])) * tick_s))
+            ahead = self._ticks_to_gap(trace, first % trace.ticks)  # the trace loops
+            if ahead is not None:
+                times.append(max(now, epoch + (first + ahead) * tick_s))
         return min(times, default=None)
+
+    def _ticks_to_gap(self, trace: Trace, tick: int) -> int | None:
+        """Ticks from `tick` to the trace's next unavailable one, looping; None: it has none.
+        A binary search over the gaps, found once per trace: a launch costs the same at any fleet size."""
+        import numpy as np
+
+        gaps = self._gaps.get(id(trace))
+        if gaps is None:
+            gaps = self._gaps[id(trace)] = np.flatnonzero(~trace.available)
+        if not gaps.size:
+            return None
+        i = int(np.searchsorted(gaps, tick))
+        return int(gaps[i]) - tick if i < gaps.size else int(gaps[0]) + trace.ticks - tick
 
     def epoch(self, root: Path) -> float:
         """Tick 0's wall time, fixed once per provider root so a restarted controller agrees."""
