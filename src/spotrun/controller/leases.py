@@ -119,12 +119,18 @@ class Leases:
                               .values(lease_owner=None).execution_options(synchronize_session=False))
         return [Claimed(*row) for row in rows]
 
-    def fence(self, s: Session, job_id: str, token: int) -> None:
-        """Raise LeaseLost unless this controller still holds the job with `token`; the row stays
-        locked (PostgreSQL) until `s` commits, so no takeover can slip in before this write lands."""
-        held = s.scalar(select(Job.lease_token).where(Job.id == job_id, Job.lease_owner == self.owner).with_for_update())
-        if held != token:
-            raise LeaseLost(f"job {job_id}: this controller ({self.owner}) no longer holds its lease (token {token}, now {held})")
+    def fence(self, s: Session, tokens: dict[str, int]) -> set[str]:
+        """The jobs of `tokens` (id -> the fencing token the writer read) this controller still
+        holds with that token. Their rows stay locked (PostgreSQL) until `s` commits, so no
+        takeover slips in before the write lands; they are loaded, so the writer's
+        `s.get(Job, id)` costs no second query."""
+        ids, held = list(tokens), set()
+        for at in range(0, len(ids), 1000):
+            for job in s.scalars(select(Job).where(Job.id.in_(ids[at:at + 1000]), Job.lease_owner == self.owner)
+                                 .with_for_update()):
+                if job.lease_token == tokens[job.id]:
+                    held.add(job.id)
+        return held
 
     def sweep_dead(self) -> None:
         """Forget controllers dead for a long while (recently dead ones stay visible in status)."""

@@ -31,10 +31,10 @@ import socket
 import time
 from collections.abc import Coroutine, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
 
 from spotrun.agent.supervisor import EXIT_RECLAIMED
 from spotrun.controller import repo
@@ -53,6 +53,13 @@ log = logging.getLogger("spotrun.controller")
 RECLAIM_JITTER_S = 0.25  # spread of relaunches after a reclaim
 AUTO_ON_DEMAND_AFTER = 3  # `spot: auto`: consecutive spot refusals before trying on-demand
 IN_CHUNK = 1000  # ids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
+JOB_COLUMNS = [c for c in Job.__table__.c if c.name != "spec"]  # a pass's view; specs are parsed once, cached
+
+
+class NewAttempt(NamedTuple):
+    job: Job
+    spec: JobSpec
+    att: Attempt
 
 
 def crash_point(label: str) -> None:
@@ -192,15 +199,18 @@ class Reconciler:
                 wants_history.append(job.id)
         histories = self._histories(wants_history)
         self._pass_lag = 0.0
+        starts: list[NewAttempt] = []
         for job in jobs:
             if job.id in self._inflight or job.id in self._settled:
                 continue
             try:
-                await self._step(job, self._specs[job.id], current.get(job.id), histories.get(job.id), listed.get(job.provider, {}))
+                await self._step(job, self._specs[job.id], current.get(job.id), histories.get(job.id),
+                                 listed.get(job.provider, {}), starts)
             except LeaseLost as exc:
                 log.info("%s", exc)
             except Exception:
                 log.exception("job %s: step failed; will retry next pass", job.id)
+        await self._start(starts)
         held = {j.id for j in jobs}
         self.planner.keep_only(held)
         for gone in set(self._specs) - held - set(self._inflight):
@@ -213,12 +223,14 @@ class Reconciler:
 
     def _snapshot(self) -> tuple[list[Job], dict[str, Attempt]]:
         """This controller's active jobs (specs come from the cache) and their open attempts:
-        two queries, read together, the pass's view of the database."""
+        two queries, read together, the pass's view of the database. Plain rows, read-only and
+        with the ORM objects' attribute names: building 10 000 ORM objects would cost more
+        than the rest of the pass."""
         mine = (Job.lease_owner == self.owner, Job.status.in_(ACTIVE))
         with self.db.session() as s:
-            jobs = list(s.scalars(select(Job).options(defer(Job.spec)).where(*mine)))
-            open_ = s.scalars(select(Attempt).join(Job, Job.id == Attempt.job_id).where(*mine, Attempt.ended_at.is_(None))
-                              .order_by(Attempt.number))
+            jobs = list(s.execute(select(*JOB_COLUMNS).where(*mine)))
+            open_ = s.execute(select(*Attempt.__table__.c).join(Job, Job.id == Attempt.job_id)
+                              .where(*mine, Attempt.ended_at.is_(None)).order_by(Attempt.number))
             current = {a.job_id: a for a in open_}
             missing = [j.id for j in jobs if j.id not in self._specs]  # held before this process, by its owner name
             for chunk in range(0, len(missing), IN_CHUNK):
@@ -232,7 +244,7 @@ class Reconciler:
         out: dict[str, list[Attempt]] = {j: [] for j in job_ids}
         with self.db.session() as s:
             for chunk in range(0, len(job_ids), IN_CHUNK):
-                for a in s.scalars(select(Attempt).where(Attempt.job_id.in_(job_ids[chunk:chunk + IN_CHUNK]))
+                for a in s.execute(select(*Attempt.__table__.c).where(Attempt.job_id.in_(job_ids[chunk:chunk + IN_CHUNK]))
                                    .order_by(Attempt.job_id, Attempt.number)):
                     out[a.job_id].append(a)
         return out
@@ -277,15 +289,17 @@ class Reconciler:
         """A transaction that writes for `job`: refused (LeaseLost) unless this controller still
         holds the job with the fencing token it read it with."""
         with self.db.session() as s:
-            self.leases.fence(s, job.id, job.lease_token)
+            if not self.leases.fence(s, {job.id: job.lease_token}):
+                raise LeaseLost(f"job {job.id}: this controller ({self.owner}) no longer holds its lease")
             yield s
 
     # --- one job -------------------------------------------------------------------------
 
     async def _step(self, job: Job, spec: JobSpec, current: Attempt | None, attempts: list[Attempt] | None,
-                    listed: Mapping[str, Instance]) -> None:
+                    listed: Mapping[str, Instance], starts: list[NewAttempt]) -> None:
         """One look at one job. `attempts` (its history) is None when this pass has no launch
-        to spare for it; `listed` is its provider's fleet, listed once for the pass."""
+        to spare for it; `listed` is its provider's fleet, listed once for the pass; a new
+        attempt goes into `starts`, for the caller to record with the others in one go."""
         provider = self.provider(job.provider)
         if job.desired == "cancel":
             await self._act(job.id, self._cancel(job, current, provider))
@@ -313,10 +327,9 @@ class Reconciler:
             # A refused spot launch backs off spot, not the on-demand the policy may now need.
             refused = bool(attempts) and attempts[-1].cause == Cause.REFUSED.value and decision.kind == ON_DEMAND_KIND
             if decision != IDLE and (time.time() >= job.next_launch_at or refused):
-                att = self._new_attempt(job, spec, attempts, provider, decision)
-                await self._act(job.id, self._launch(job, spec, att, provider))
+                starts.append(NewAttempt(job, spec, self._attempt_row(job, spec, attempts, provider, decision)))
         elif time.time() >= job.next_launch_at:
-            await self._act(job.id, self._launch(job, spec, self._new_attempt(job, spec, attempts, provider), provider))
+            starts.append(NewAttempt(job, spec, self._attempt_row(job, spec, attempts, provider)))
 
     async def _step_now(self, job_id: str) -> None:
         """Look at one job again at once (after its attempt ended), outside the pass."""
@@ -326,7 +339,9 @@ class Reconciler:
         if job is None or job.lease_owner != self.owner or JobStatus(job.status).terminal or job.id not in self._specs:
             return
         current = attempts[-1] if attempts and attempts[-1].ended_at is None else None
-        await self._step(job, self._specs[job_id], current, attempts, {})
+        starts: list[NewAttempt] = []
+        await self._step(job, self._specs[job_id], current, attempts, {}, starts)
+        await self._start(starts)
 
     def _relaunch_due(self, job_id: str) -> float | None:
         with self.db.session() as s:
@@ -374,8 +389,9 @@ class Reconciler:
         if stopped.state in ENDED:
             await self._finish_attempt(job, spec, att, stopped, provider)
 
-    def _new_attempt(self, job: Job, spec: JobSpec, attempts: list[Attempt], provider: Provider,
+    def _attempt_row(self, job: Job, spec: JobSpec, attempts: list[Attempt], provider: Provider,
                      decision: Decision | None = None) -> Attempt:
+        """The job's next attempt, not yet recorded: where and on what capacity it launches."""
         res = spec.resources
         if decision is not None:
             spot, zone = decision.kind == SPOT_KIND, zone_of(spec, decision)
@@ -387,24 +403,37 @@ class Reconciler:
             spot = res.spot if res.spot != "auto" else job.refusals < max(AUTO_ON_DEMAND_AFTER, len(places))
             zone, itype = places[len(attempts) % len(places)]
         spot_price, od_price = provider.prices(itype, zone)
-        att = Attempt(
+        return Attempt(
             job_id=job.id, number=(attempts[-1].number + 1) if attempts else 1,
             token=f"{job.id}-{os.urandom(8).hex()}", spot=spot, zone=zone,
             instance_type=itype, price=spot_price if spot else od_price,
             on_demand_price=od_price, created_at=time.time(), cost=0.0,
         )
-        with self._txn(job) as s:
-            s.add(att)
-            s.get(Job, job.id).status = (
-                JobStatus.PROVISIONING.value if job.status == JobStatus.PENDING.value else job.status
-            )
-            repo.add_event(
-                s, job.id, "launching",
-                f"launching attempt {att.number}: {'spot' if spot else 'on-demand'}"
-                + (f" in {zone}" if zone else ""), att.number,
-            )
+
+    async def _start(self, starts: list[NewAttempt]) -> None:
+        """Record new attempts, all in one transaction (a burst of launches is one commit, not
+        thousands), each with its token before its launch; then launch them off the pass."""
+        if not starts:
+            return
+        with self.db.session() as s:
+            held = self.leases.fence(s, {n.job.id: n.job.lease_token for n in starts})
+            for n in starts:
+                if n.job.id not in held:
+                    log.info("job %s: this controller no longer holds its lease; its new owner launches it", n.job.id)
+                    continue
+                s.add(n.att)
+                j = s.get(Job, n.job.id)
+                if j.status == JobStatus.PENDING.value:
+                    j.status = JobStatus.PROVISIONING.value
+                repo.add_event(
+                    s, j.id, "launching",
+                    f"launching attempt {n.att.number}: {'spot' if n.att.spot else 'on-demand'}"
+                    + (f" in {n.att.zone}" if n.att.zone else ""), n.att.number,
+                )
         crash_point("after-attempt-row")
-        return att
+        for n in starts:
+            if n.job.id in held:
+                await self._act(n.job.id, self._launch(n.job, n.spec, n.att, self.provider(n.job.provider)))
 
     async def _launch(self, job: Job, spec: JobSpec, att: Attempt, provider: Provider) -> None:
         try:
@@ -438,8 +467,10 @@ class Reconciler:
             j = s.get(Job, job.id)
             j.refusals, j.updated_at = 0, time.time()
             repo.add_event(s, job.id, "launched", f"attempt {a.number} on instance {inst.id}", a.number)
-            att = a
-        await self._observe(job, spec, att, inst, provider)
+            if inst.state not in ENDED:
+                self._note_state(s, j, a, inst)
+            att, status = a, j.status
+        await self._observe(job, spec, att, inst, provider, status)
 
     def _refused(self, job: Job, spec: JobSpec, att: Attempt, message: str, fatal: bool = False) -> None:
         now = time.time()
@@ -459,7 +490,9 @@ class Reconciler:
             j.status = (JobStatus.RECOVERING if launched_before else JobStatus.PENDING).value
             repo.add_event(s, job.id, "refused", f"{message}; retrying in {delay:.1f}s", a.number)
 
-    async def _observe(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance, provider: Provider) -> None:
+    async def _observe(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance, provider: Provider,
+                       status: str | None = None) -> None:
+        """Act on what the instance says; `status`: the job's, if newer than the pass's view."""
         self._keep_log(job.id, att, inst)
         if inst.state in ENDED:
             if inst.ended_at is not None:
@@ -468,18 +501,22 @@ class Reconciler:
             return
         # Written only when the pass's view of the job says something changed: a steady job
         # costs no query. The transaction reads the row again, so a cancel since then wins.
+        status = status or job.status
         noticed = inst.state != InstanceState.NOTICE or att.id in self._noticed
-        if self._status_seen(job.status, inst) == job.status and noticed:
+        if self._status_seen(status, inst) == status and noticed:
             return
         with self._txn(job) as s:
-            j = s.get(Job, job.id)
-            status = self._status_seen(j.status, inst)
-            if j.status != status and j.desired == "run":
-                j.status, j.updated_at = status, time.time()
-                repo.add_event(s, job.id, status.lower(), f"attempt {att.number} {inst.state.value}", att.number)
-            if not noticed and not self._has_event(s, job.id, att.number, "notice"):
-                repo.add_event(s, job.id, "notice", f"reclaim notice on {inst.id}; the agent is saving work", att.number)
-        if not noticed:
+            self._note_state(s, s.get(Job, job.id), att, inst)
+
+    def _note_state(self, s: Session, j: Job, att: Attempt, inst: Instance) -> None:
+        """Record what a live instance says of its job: the status it implies, a notice once."""
+        status = self._status_seen(j.status, inst)
+        if j.status != status and j.desired == "run":
+            j.status, j.updated_at = status, time.time()
+            repo.add_event(s, j.id, status.lower(), f"attempt {att.number} {inst.state.value}", att.number)
+        if inst.state == InstanceState.NOTICE and att.id not in self._noticed:
+            if not self._has_event(s, j.id, att.number, "notice"):
+                repo.add_event(s, j.id, "notice", f"reclaim notice on {inst.id}; the agent is saving work", att.number)
             self._noticed.add(att.id)
 
     @staticmethod
