@@ -127,7 +127,7 @@ class Leases:
         ids, held = list(tokens), set()
         for at in range(0, len(ids), 1000):
             for job in s.scalars(select(Job).where(Job.id.in_(ids[at:at + 1000]), Job.lease_owner == self.owner)
-                                 .with_for_update()):
+                                 .order_by(Job.id).with_for_update()):  # one lock order: no deadlock between writers
                 if job.lease_token == tokens[job.id]:
                     held.add(job.id)
         return held
