@@ -53,7 +53,10 @@ log = logging.getLogger("spotrun.controller")
 RECLAIM_JITTER_S = 0.25  # spread of relaunches after a reclaim
 AUTO_ON_DEMAND_AFTER = 3  # `spot: auto`: consecutive spot refusals before trying on-demand
 IN_CHUNK = 1000  # ids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
-JOB_COLUMNS = [c for c in Job.__table__.c if c.name != "spec"]  # a pass's view; specs are parsed once, cached
+# A pass's view of jobs and attempts: what deciding needs (specs are parsed once and cached).
+JOB_COLUMNS = [Job.id, Job.provider, Job.desired, Job.status, Job.refusals, Job.next_launch_at, Job.submitted_at,
+               Job.lease_token]
+ATTEMPT_COLUMNS = [c for c in Attempt.__table__.c if c.name not in ("instance_log", "exit_status", "cost")]
 
 
 class NewAttempt(NamedTuple):
@@ -142,6 +145,8 @@ class Reconciler:
         self.pass_s = 0.0  # the last pass's duration
         self.lag_s = 0.0  # the last pass's oldest instance end, seen but not yet recorded
         self._specs: dict[str, JobSpec] = {}  # parsed once per claim: a job's spec never changes
+        self._aware: set[str] = set()  # jobs whose capacity the market policy picks (spec.deadline_aware)
+        self._notes: list[tuple[Job, Attempt, Instance]] = []  # live instances' news, written once per pass
         self._stopped: set[int] = set()  # attempts this process has stopped for a switch
         self._noticed: set[int] = set()  # attempts whose notice is in their timeline
         # Provider calls that may be slow (launch, terminate) run as tasks off the pass, one per
@@ -186,16 +191,16 @@ class Reconciler:
         started = time.monotonic()
         self.leases.heartbeat({"passes": self.passes, "jobs": len(self._specs), "pass_s": self.pass_s, "lag_s": self.lag_s})
         for claimed in self.leases.claim(set(self._inflight)):
-            self._specs[claimed.id] = JobSpec.model_validate_json(claimed.spec)
+            self._keep_spec(claimed.id, claimed.spec)
         jobs, current = self._snapshot()
         listed = {name: await self._listing(name) for name in sorted({j.provider for j in jobs})}
         now = time.time()
         launches = max(0, 4 * self.max_actions - self._launching)
         wants_history = []
         for job in jobs:
-            spec = self._specs[job.id]
-            may_launch = current.get(job.id) is None and job.desired == "run" and (spec.deadline_aware or now >= job.next_launch_at)
-            if spec.deadline_aware or (may_launch and len(wants_history) < launches):
+            aware = job.id in self._aware
+            may_launch = current.get(job.id) is None and job.desired == "run" and (aware or now >= job.next_launch_at)
+            if aware or (may_launch and len(wants_history) < launches):
                 wants_history.append(job.id)
         histories = self._histories(wants_history)
         self._pass_lag = 0.0
@@ -211,10 +216,12 @@ class Reconciler:
             except Exception:
                 log.exception("job %s: step failed; will retry next pass", job.id)
         await self._start(starts)
+        self._write_notes()
         held = {j.id for j in jobs}
         self.planner.keep_only(held)
         for gone in set(self._specs) - held - set(self._inflight):
             del self._specs[gone]
+            self._aware.discard(gone)
         if self.passes % self.sweep_every == 0:
             await self.sweep_leaks(listed)
             self.leases.sweep_dead()
@@ -229,22 +236,27 @@ class Reconciler:
         mine = (Job.lease_owner == self.owner, Job.status.in_(ACTIVE))
         with self.db.session() as s:
             jobs = list(s.execute(select(*JOB_COLUMNS).where(*mine)))
-            open_ = s.execute(select(*Attempt.__table__.c).join(Job, Job.id == Attempt.job_id)
+            open_ = s.execute(select(*ATTEMPT_COLUMNS).join(Job, Job.id == Attempt.job_id)
                               .where(*mine, Attempt.ended_at.is_(None)).order_by(Attempt.number))
             current = {a.job_id: a for a in open_}
             missing = [j.id for j in jobs if j.id not in self._specs]  # held before this process, by its owner name
             for chunk in range(0, len(missing), IN_CHUNK):
                 for job_id, raw in s.execute(select(Job.id, Job.spec).where(Job.id.in_(missing[chunk:chunk + IN_CHUNK]))):
-                    self._specs[job_id] = JobSpec.model_validate_json(raw)
+                    self._keep_spec(job_id, raw)
         self._settled.clear()
         return jobs, current
+
+    def _keep_spec(self, job_id: str, raw: str) -> None:
+        spec = self._specs[job_id] = JobSpec.model_validate_json(raw)
+        if spec.deadline_aware:
+            self._aware.add(job_id)
 
     def _histories(self, job_ids: list[str]) -> dict[str, list[Attempt]]:
         """Every attempt of the jobs about to launch or follow a policy, in number order."""
         out: dict[str, list[Attempt]] = {j: [] for j in job_ids}
         with self.db.session() as s:
             for chunk in range(0, len(job_ids), IN_CHUNK):
-                for a in s.execute(select(*Attempt.__table__.c).where(Attempt.job_id.in_(job_ids[chunk:chunk + IN_CHUNK]))
+                for a in s.execute(select(*ATTEMPT_COLUMNS).where(Attempt.job_id.in_(job_ids[chunk:chunk + IN_CHUNK]))
                                    .order_by(Attempt.job_id, Attempt.number)):
                     out[a.job_id].append(a)
         return out
@@ -310,7 +322,7 @@ class Reconciler:
             inst = listed.get(current.instance_id) or await provider.query(current.instance_id)
             # A reclaim already announced, or a switch this process started, just plays out.
             steady = inst.state not in ENDED and inst.state != InstanceState.NOTICE
-            if not (spec.deadline_aware and steady):
+            if not (job.id in self._aware and steady):
                 await self._observe(job, spec, current, inst, provider)
             elif current.cause != Cause.SWITCH.value:
                 await self._follow_policy(job, spec, attempts or [current], current, inst, provider)
@@ -322,7 +334,7 @@ class Reconciler:
             self._finish(job, JobStatus.FAILED, f"deadline of {spec.recovery.deadline:g}s passed before it completed")
         elif attempts is None:
             return  # over this pass's launch budget: a later pass launches it
-        elif spec.deadline_aware:
+        elif job.id in self._aware:
             decision = self._decide(job, spec, attempts, None, provider)
             # A refused spot launch backs off spot, not the on-demand the policy may now need.
             refused = bool(attempts) and attempts[-1].cause == Cause.REFUSED.value and decision.kind == ON_DEMAND_KIND
@@ -468,7 +480,7 @@ class Reconciler:
             j.refusals, j.updated_at = 0, time.time()
             repo.add_event(s, job.id, "launched", f"attempt {a.number} on instance {inst.id}", a.number)
             if inst.state not in ENDED:
-                self._note_state(s, j, a, inst)
+                self._note_state(s, j, a, inst, set())  # a new attempt: no notice recorded yet
             att, status = a, j.status
         await self._observe(job, spec, att, inst, provider, status)
 
@@ -503,19 +515,39 @@ class Reconciler:
         # costs no query. The transaction reads the row again, so a cancel since then wins.
         status = status or job.status
         noticed = inst.state != InstanceState.NOTICE or att.id in self._noticed
-        if self._status_seen(status, inst) == status and noticed:
-            return
-        with self._txn(job) as s:
-            self._note_state(s, s.get(Job, job.id), att, inst)
+        if self._status_seen(status, inst) != status or not noticed:
+            self._notes.append((job, att, inst))  # written with the pass's others, in one transaction
 
-    def _note_state(self, s: Session, j: Job, att: Attempt, inst: Instance) -> None:
-        """Record what a live instance says of its job: the status it implies, a notice once."""
+    def _write_notes(self) -> None:
+        """Record the pass's news of live instances (a job now running, a notice) in one
+        transaction; news of an attempt that has ended since is dropped."""
+        notes, self._notes = self._notes, []
+        if not notes:
+            return
+        with self.db.session() as s:
+            held = self.leases.fence(s, {job.id: job.lease_token for job, _, _ in notes})
+            ids = [att.id for _, att, _ in notes]
+            live: set[int] = set()
+            recorded: set[tuple[str, int]] = set()
+            for at in range(0, len(ids), IN_CHUNK):
+                live.update(s.scalars(select(Attempt.id).where(Attempt.id.in_(ids[at:at + IN_CHUNK]), Attempt.ended_at.is_(None))))
+            noticing = [job.id for job, _, inst in notes if inst.state == InstanceState.NOTICE]
+            for at in range(0, len(noticing), IN_CHUNK):
+                recorded.update((j, n) for j, n in s.execute(select(Event.job_id, Event.attempt).where(
+                    Event.kind == "notice", Event.job_id.in_(noticing[at:at + IN_CHUNK]))))
+            for job, att, inst in notes:
+                if job.id in held and att.id in live:
+                    self._note_state(s, s.get(Job, job.id), att, inst, recorded)
+
+    def _note_state(self, s: Session, j: Job, att: Attempt, inst: Instance, recorded: set[tuple[str, int]]) -> None:
+        """Record what a live instance says of its job: the status it implies, and its notice
+        unless `recorded` (job, attempt) already has one."""
         status = self._status_seen(j.status, inst)
         if j.status != status and j.desired == "run":
             j.status, j.updated_at = status, time.time()
             repo.add_event(s, j.id, status.lower(), f"attempt {att.number} {inst.state.value}", att.number)
         if inst.state == InstanceState.NOTICE and att.id not in self._noticed:
-            if not self._has_event(s, j.id, att.number, "notice"):
+            if (j.id, att.number) not in recorded:
                 repo.add_event(s, j.id, "notice", f"reclaim notice on {inst.id}; the agent is saving work", att.number)
             self._noticed.add(att.id)
 
@@ -556,12 +588,6 @@ class Reconciler:
             message = f"could not delete the checkpoints in {shown}: {str(exc).replace(url, shown)}"
         with self.db.session() as s:
             repo.add_event(s, job_id, "checkpoints", message)
-
-    @staticmethod
-    def _has_event(s: Session, job_id: str, attempt: int, kind: str) -> bool:
-        return s.scalars(
-            select(Event.id).where(Event.job_id == job_id, Event.attempt == attempt, Event.kind == kind)
-        ).first() is not None
 
     def _end_attempt(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance) -> Cause | None:
         """Close the attempt and apply its outcome to the job, in one transaction; exactly once
