@@ -29,9 +29,9 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -49,6 +49,7 @@ from spotrun.providers.base import ENDED, Instance, InstanceState, LaunchRefused
 from spotrun.redact import redact_url
 
 log = logging.getLogger("spotrun.controller")
+T = TypeVar("T")
 
 RECLAIM_JITTER_S = 0.25  # spread of relaunches after a reclaim
 AUTO_ON_DEMAND_AFTER = 3  # `spot: auto`: consecutive spot refusals before trying on-demand
@@ -130,8 +131,8 @@ class Reconciler:
     ):
         """`exclusive`: this controller holds the database's lock (SQLite), so it owns every job
         and takes over a dead predecessor's at once instead of after its lease. `max_actions`:
-        launches (and, apart, terminations) under way at once; a pass starts at most four
-        times as many new attempts, so a burst of submissions spreads over passes."""
+        launches (and, apart, terminations) under way at once; a pass starts new attempts
+        until four times as many actions are under way, so a burst of submissions spreads over passes."""
         self.db = db
         self.providers = providers
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
@@ -153,7 +154,8 @@ class Reconciler:
         # job at a time: a pass records every other job's outcome without waiting on them.
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._settled: set[str] = set()  # jobs whose task ended since the pass's snapshot
-        self._launching = 0
+        self._writes: list[tuple[Job, int, Callable[[Session, Any], Any], asyncio.Future[Any]]] = []
+        self._writer: asyncio.Task[None] | None = None
         self._launch_slots = asyncio.Semaphore(max_actions)
         self._terminate_slots = asyncio.Semaphore(max_actions)
 
@@ -195,7 +197,7 @@ class Reconciler:
         jobs, current = self._snapshot()
         listed = {name: await self._listing(name) for name in sorted({j.provider for j in jobs})}
         now = time.time()
-        launches = max(0, 4 * self.max_actions - self._launching)
+        launches = max(0, 4 * self.max_actions - len(self._inflight))  # new attempts this pass may start
         wants_history = []
         for job in jobs:
             aware = job.id in self._aware
@@ -295,6 +297,40 @@ class Reconciler:
                 self._settled.add(key)
 
         self._inflight[key] = asyncio.create_task(run())
+
+    async def _write(self, job: Job, attempt_id: int, write: Callable[[Session, Any], T]) -> T:
+        """`write(session, job_row)` for one of the job's attempts, committed with whatever other
+        actions write at the same moment: group commit, so a burst of launches or reclaims is a
+        few transactions, not thousands. Fenced like `_txn`; returns once committed."""
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._writes.append((job, attempt_id, write, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_batches())
+        return await done
+
+    async def _write_batches(self) -> None:
+        while self._writes:
+            await asyncio.sleep(0)  # writers of this moment join the batch
+            batch, self._writes = self._writes, []
+            results: list[Any] = []
+            try:
+                with self.db.session() as s:
+                    held = self.leases.fence(s, {job.id: job.lease_token for job, _, _, _ in batch})
+                    ids = [a for _, a, _, _ in batch]
+                    for at in range(0, len(ids), IN_CHUNK):  # into the session: each write's s.get is free
+                        s.scalars(select(Attempt).where(Attempt.id.in_(ids[at:at + IN_CHUNK])).with_for_update()).all()
+                    for job, _, write, _ in batch:
+                        results.append(write(s, s.get(Job, job.id)) if job.id in held else
+                                       LeaseLost(f"job {job.id}: this controller ({self.owner}) no longer holds its lease"))
+            except Exception as exc:  # noqa: BLE001  every writer of the batch hears it, and retries
+                for *_, done in batch:
+                    done.set_exception(exc)
+                continue
+            for (*_, done), result in zip(batch, results):
+                if isinstance(result, LeaseLost):
+                    done.set_exception(result)
+                else:
+                    done.set_result(result)
 
     @contextlib.contextmanager
     def _txn(self, job: Job) -> Iterator[Session]:
@@ -461,35 +497,37 @@ class Reconciler:
             async with self._launch_slots:
                 inst = await provider.launch(request)
         except LaunchRefused as exc:
-            self._refused(job, spec, att, f"launch refused: {exc}")
+            await self._refused(job, spec, att, f"launch refused: {exc}")
             return
         except ValueError as exc:  # the request itself is wrong (e.g. workdir gone): retrying won't help
-            self._refused(job, spec, att, f"launch rejected: {exc}", fatal=True)
+            await self._refused(job, spec, att, f"launch rejected: {exc}", fatal=True)
             return
         except Exception as exc:  # noqa: BLE001  a provider failure is retried like a refusal
-            self._refused(job, spec, att, f"launch failed: {type(exc).__name__}: {exc}")
+            await self._refused(job, spec, att, f"launch failed: {type(exc).__name__}: {exc}")
             return
         crash_point("after-launch")
-        with self._txn(job) as s:
+
+        def write(s: Session, j: Job) -> tuple[Attempt, str]:
             a = s.get(Attempt, att.id)
             a.instance_id, a.instance_log = inst.id, inst.log_path
             a.started_at = inst.launched_at or time.time()
             if inst.price_per_hour is not None:
                 a.price = inst.price_per_hour
-            j = s.get(Job, job.id)
             j.refusals, j.updated_at = 0, time.time()
             repo.add_event(s, job.id, "launched", f"attempt {a.number} on instance {inst.id}", a.number)
             if inst.state not in ENDED:
                 self._note_state(s, j, a, inst, set())  # a new attempt: no notice recorded yet
-            att, status = a, j.status
-        await self._observe(job, spec, att, inst, provider, status)
+            return a, j.status
 
-    def _refused(self, job: Job, spec: JobSpec, att: Attempt, message: str, fatal: bool = False) -> None:
+        recorded, status = await self._write(job, att.id, write)
+        await self._observe(job, spec, recorded, inst, provider, status)
+
+    async def _refused(self, job: Job, spec: JobSpec, att: Attempt, message: str, fatal: bool = False) -> None:
         now = time.time()
-        with self._txn(job) as s:
+
+        def write(s: Session, j: Job) -> None:
             a = s.get(Attempt, att.id)
             a.ended_at, a.cause = now, Cause.REFUSED.value
-            j = s.get(Job, job.id)
             if fatal:
                 self._set_finished(s, j, JobStatus.FAILED, message)
                 return
@@ -501,6 +539,8 @@ class Reconciler:
             launched_before = any(x.instance_id for x in repo.attempts_of(s, job.id))
             j.status = (JobStatus.RECOVERING if launched_before else JobStatus.PENDING).value
             repo.add_event(s, job.id, "refused", f"{message}; retrying in {delay:.1f}s", a.number)
+
+        await self._write(job, att.id, write)
 
     async def _observe(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance, provider: Provider,
                        status: str | None = None) -> None:
@@ -564,7 +604,7 @@ class Reconciler:
         # the attempt still open.
         await self._terminate(provider, inst.id)
         crash_point("after-terminate")
-        ended = self._end_attempt(job, spec, att, inst)
+        ended = await self._end_attempt(job, spec, att, inst)
         if ended == Cause.SUCCESS and spec.on_success == "delete" and spec.checkpoint is not None:
             await self._delete_checkpoints(job.id, spec)
         relaunch_in = self._relaunch_due(job.id) if ended is not None else None
@@ -589,14 +629,15 @@ class Reconciler:
         with self.db.session() as s:
             repo.add_event(s, job_id, "checkpoints", message)
 
-    def _end_attempt(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance) -> Cause | None:
+    async def _end_attempt(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance) -> Cause | None:
         """Close the attempt and apply its outcome to the job, in one transaction; exactly once
         (None when it was closed already, e.g. by a controller that took over the lease)."""
         cause = classify(inst)
         now = time.time()
-        with self._txn(job) as s:
-            a = s.get(Attempt, att.id, with_for_update=True)
-            j = s.get(Job, job.id, with_for_update=True)
+
+        def write(s: Session, j: Job) -> Cause | None:
+            nonlocal cause
+            a = s.get(Attempt, att.id)
             if a.ended_at is not None or JobStatus(j.status).terminal:
                 return None
             if a.cause == Cause.SWITCH.value and cause != Cause.SUCCESS:
@@ -634,7 +675,9 @@ class Reconciler:
                 else:
                     delay = backoff_delay(spec.recovery.backoff.base, spec.recovery.backoff.max, j.errors, self.rng)
                     self._recover(s, j, delay, "error")
-        return cause
+            return cause
+
+        return await self._write(job, att.id, write)
 
     @staticmethod
     def _close(a: Attempt, j: Job, ended_at: float, cause: Cause, returncode: int | None) -> None:
