@@ -10,7 +10,8 @@ import pytest
 
 from spotrun.controller import api, repo
 from spotrun.controller.db import Database
-from spotrun.controller.models import Attempt, Job
+from spotrun.controller.leases import LeaseLost, owner_of
+from spotrun.controller.models import Attempt, Controller, Job, shard_of
 from spotrun.controller.reconciler import Reconciler, backoff_delay, classify
 from spotrun.providers.base import Instance, InstanceState, LaunchRequest
 
@@ -196,18 +197,29 @@ async def test_only_instances_of_this_database_whose_attempt_ended_are_terminate
         assert (await provider.query(alive)).state in (InstanceState.PENDING, InstanceState.RUNNING)
 
 
-async def test_each_job_is_leased_to_one_controller(db: Database, providers: dict) -> None:
+async def test_each_job_is_leased_to_one_controller_and_a_stale_write_is_refused(db: Database, providers: dict) -> None:
     job = submit({"run": "true"})
     a = Reconciler(db, providers, owner="a", lease_s=60)
     b = Reconciler(db, providers, owner="b", lease_s=60)
-    assert a._claim_jobs() == [job]
-    assert b._claim_jobs() == []
-    with db.session() as s:  # a dies: its lease runs out
-        s.get(Job, job).lease_expires = 0.0
-    assert b._claim_jobs() == [job]
-    assert a._claim_jobs() == []
+    for r in (a, b, a):  # both registered, both live
+        r.leases.heartbeat({})
+    owner, other = (a, b) if owner_of(shard_of(job), ["a", "b"]) == "a" else (b, a)
+    assert other.leases.claim(set()) == []  # not its shard
+    assert [c.id for c in owner.leases.claim(set())] == [job]
+    assert other.leases.claim(set()) == []  # held by a live controller
     with db.session() as s:
-        assert s.get(Job, job).lease_owner == "b"
+        held = s.get(Job, job)
+    with db.session() as s:  # the owner stops renewing: its lease runs out
+        s.get(Controller, owner.owner).expires_at = 0.0
+    other.leases.heartbeat({})
+    assert [c.id for c in other.leases.claim(set())] == [job]
+    assert owner.leases.claim(set()) == []
+    # The old owner wakes and writes with the fencing token it read: refused, nothing written.
+    with pytest.raises(LeaseLost), owner._txn(held) as s:
+        s.add(Attempt(job_id=job, number=1, token="stale", spot=True, created_at=0.0, cost=0.0))
+    with db.session() as s:
+        row = s.get(Job, job)
+        assert (row.lease_owner, row.lease_token) == ("b" if owner is a else "a", held.lease_token + 1)
         assert s.query(Attempt).count() == 0
 
 

@@ -421,7 +421,10 @@ def controller_stop(json_: bool = JSON_OPTION) -> None:
 @controller_app.command("status")
 @needs("controller")
 def controller_status(json_: bool = JSON_OPTION) -> None:
-    """Whether the background controller runs, where its log is, and how many jobs are active."""
+    """Whether the background controller runs, where its log is, and how many jobs are active;
+    then every controller on the database (several share one PostgreSQL): alive or not, the
+    active jobs it holds, its last pass, and its lag (how long its oldest unrecorded instance
+    end waited)."""
     with _user_errors():
         data = controller_view(_db())
     if json_:
@@ -430,16 +433,31 @@ def controller_status(json_: bool = JSON_OPTION) -> None:
     if data["running"]:
         console.print(f"controller [green]running[/] (pid {data['pid']}) on {data['db']}; {data['active_jobs']} active jobs; log {data['log']}")
     else:
-        console.print(f"controller [yellow]not running[/]; {data['active_jobs']} active jobs wait for it (`spotrun controller start`)")
+        console.print(f"controller [yellow]not running[/] here; {data['active_jobs']} active jobs (`spotrun controller start`)")
+    if data["controllers"]:
+        from rich.table import Table
+
+        table = Table(title="controllers on this database")
+        for col in ("controller", "state", "jobs", "passes", "last pass s", "lag s", "heartbeat age s"):
+            table.add_column(col, justify="left" if col in ("controller", "state") else "right")
+        for c in data["controllers"]:
+            if c["id"] is None:
+                table.add_row("(none)", "unassigned", str(c["jobs"]), "", "", "", "")
+                continue
+            table.add_row(c["id"], "[green]alive[/]" if c["alive"] else "[red]lease expired[/]", str(c["jobs"]),
+                          str(c["passes"]), f"{c['pass_s']:.3f}", f"{c['lag_s']:.1f}", f"{c['heartbeat_age_s']:.1f}")
+        console.print(table)
 
 
 def controller_view(db: Any) -> dict[str, Any]:
     """What `controller status --json` (and the dashboard's header) says about the daemon."""
+    from spotrun.controller.leases import controllers_view
     from spotrun.controller.repo import count_active
     from spotrun.controller.service import daemon_info, log_file
 
     info = daemon_info()
-    return {"running": info is not None, **(info or {}), "active_jobs": count_active(db), "log": str(log_file())}
+    return {"running": info is not None, **(info or {}), "active_jobs": count_active(db), "log": str(log_file()),
+            "controllers": controllers_view(db)}
 
 
 @controller_app.command("run", hidden=True)

@@ -7,6 +7,7 @@ Times are unix seconds (floats): the same on SQLite and PostgreSQL, and cheap to
 from __future__ import annotations
 
 import enum
+import zlib
 
 from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -39,6 +40,13 @@ class Cause(str, enum.Enum):
     CANCEL = "cancel"
     REFUSED = "refused"  # the provider would not launch (no capacity, price); never ran
     SWITCH = "switch"  # stopped to move to the capacity the deadline policy chose; no budget used
+
+
+SHARDS = 1024  # controllers share jobs by shard: assignment costs O(shards), not O(jobs)
+
+
+def shard_of(job_id: str) -> int:
+    return zlib.crc32(job_id.encode()) % SHARDS
 
 
 class Base(DeclarativeBase):
@@ -74,8 +82,12 @@ class Job(Base):
     submitted_at: Mapped[float] = mapped_column(Float)  # launch or last resume: deadline origin
     updated_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    lease_expires: Mapped[float] = mapped_column(Float, default=0.0)
+    # The controller driving the job; it holds it while its row in `controllers` is live.
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    lease_expires: Mapped[float] = mapped_column(Float, default=0.0)  # before 0003; leases follow heartbeats now
+    # Fencing token: raised by every change of owner; a write carrying an older one is refused.
+    lease_token: Mapped[int] = mapped_column(Integer, default=0)
+    shard: Mapped[int] = mapped_column(Integer, default=lambda ctx: shard_of(ctx.get_current_parameters()["id"]))
 
 
 class Attempt(Base):
@@ -110,6 +122,24 @@ class Event(Base):
     at: Mapped[float] = mapped_column(Float)
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text)
+
+
+class Controller(Base):
+    """One row per running controller: its heartbeat is the lease on every job it holds.
+
+    Times here are the database's clock, so controllers on machines whose clocks disagree
+    still agree on who is alive."""
+
+    __tablename__ = "controllers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    passes: Mapped[int] = mapped_column(Integer, default=0)
+    jobs: Mapped[int] = mapped_column(Integer, default=0)  # active jobs held at the last pass
+    pass_s: Mapped[float] = mapped_column(Float, default=0.0)  # the last pass's duration
+    lag_s: Mapped[float] = mapped_column(Float, default=0.0)  # oldest unrecorded instance end seen
 
 
 class Identity(Base):

@@ -22,22 +22,24 @@ ends as a switch, neither a reclaim nor an error, and the job relaunches at once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import socket
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from spotrun.agent.supervisor import EXIT_RECLAIMED
 from spotrun.controller import repo
 from spotrun.controller.db import Database
-from spotrun.controller.models import ACTIVE, Attempt, Cause, Event, Job, JobStatus
+from spotrun.controller.leases import Leases, LeaseLost
+from spotrun.controller.models import ACTIVE, Attempt, Cause, Event, Job, JobStatus, shard_of
 from spotrun.controller.policy import Planner, capacity, describe, label, zone_of
 from spotrun.controller.spec import JobSpec
 from spotrun.faults import crash_point
@@ -47,9 +49,21 @@ from spotrun.providers.base import ENDED, Instance, InstanceState, LaunchRefused
 from spotrun.redact import redact_url
 
 log = logging.getLogger("spotrun.controller")
+T = TypeVar("T")
 
 RECLAIM_JITTER_S = 0.25  # spread of relaunches after a reclaim
 AUTO_ON_DEMAND_AFTER = 3  # `spot: auto`: consecutive spot refusals before trying on-demand
+IN_CHUNK = 1000  # ids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
+# A pass's view of jobs and attempts: what deciding needs (specs are parsed once and cached).
+JOB_COLUMNS = [Job.id, Job.provider, Job.desired, Job.status, Job.refusals, Job.next_launch_at, Job.submitted_at,
+               Job.lease_token]
+ATTEMPT_COLUMNS = [c for c in Attempt.__table__.c if c.name not in ("instance_log", "exit_status", "cost")]
+
+
+class NewAttempt(NamedTuple):
+    job: Job
+    spec: JobSpec
+    att: Attempt
 
 
 def classify(inst: Instance) -> Cause:
@@ -108,23 +122,33 @@ class Reconciler:
         rng: random.Random | None = None,
         max_actions: int = 32,
     ):
-        """`exclusive`: this controller holds the database's lock (SQLite), so leases left by a
-        dead predecessor are taken over at once instead of after they expire. `max_actions`:
-        launches (and, apart, terminations) under way at once."""
+        """`exclusive`: this controller holds the database's lock (SQLite), so it owns every job
+        and takes over a dead predecessor's at once instead of after its lease. `max_actions`:
+        launches (and, apart, terminations) under way at once; a pass starts new attempts
+        until four times as many actions are under way, so a burst of submissions spreads over passes."""
         self.db = db
         self.providers = providers
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.interval = interval
-        self.lease_s = lease_s
         self.sweep_every = sweep_every
-        self.exclusive = exclusive
         self.rng = rng or random.Random()
         self.passes = 0
         self.planner = Planner(interval)
+        self.leases = Leases(db, self.owner, lease_s, exclusive)
+        self.max_actions = max_actions
+        self.pass_s = 0.0  # the last pass's duration
+        self.lag_s = 0.0  # the last pass's oldest instance end, seen but not yet recorded
+        self._specs: dict[str, JobSpec] = {}  # parsed once per claim: a job's spec never changes
+        self._aware: set[str] = set()  # jobs whose capacity the market policy picks (spec.deadline_aware)
+        self._notes: list[tuple[Job, Attempt, Instance]] = []  # live instances' news, written once per pass
         self._stopped: set[int] = set()  # attempts this process has stopped for a switch
+        self._noticed: set[int] = set()  # attempts whose notice is in their timeline
         # Provider calls that may be slow (launch, terminate) run as tasks off the pass, one per
         # job at a time: a pass records every other job's outcome without waiting on them.
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._settled: set[str] = set()  # jobs whose task ended since the pass's snapshot
+        self._writes: list[tuple[Job, int, Callable[[Session, Any], Any], asyncio.Future[Any]]] = []
+        self._writer: asyncio.Task[None] | None = None
         self._launch_slots = asyncio.Semaphore(max_actions)
         self._terminate_slots = asyncio.Semaphore(max_actions)
 
@@ -150,25 +174,91 @@ class Reconciler:
                     pass
         finally:
             await self.settle()
+            try:
+                self.leases.leave()  # the others take this one's jobs now, not after its lease
+            except Exception:  # noqa: BLE001  the database may be what failed: the lease runs out
+                log.exception("could not hand this controller's jobs back; they move when its lease ends")
 
     async def run_once(self) -> None:
-        """One pass: look at every job this controller holds, except those with an action under
-        way (their task reports back itself); slow provider calls are started, not awaited."""
-        job_ids = self._claim_jobs()
-        sem = asyncio.Semaphore(64)
-
-        async def one(job_id: str) -> None:
-            async with sem:
-                try:
-                    await self._step(job_id)
-                except Exception:
-                    log.exception("job %s: step failed; will retry next pass", job_id)
-
-        await asyncio.gather(*(one(j) for j in job_ids if j not in self._inflight))
-        self.planner.keep_only(set(job_ids))
+        """One pass over every job this controller holds, in a fixed number of queries and one
+        listing per provider whatever the number of jobs; slow provider calls are started, not
+        awaited, and jobs with an action under way are left to it (their task reports back)."""
+        started = time.monotonic()
+        self.leases.heartbeat({"passes": self.passes, "jobs": len(self._specs), "pass_s": self.pass_s, "lag_s": self.lag_s})
+        for claimed in self.leases.claim(set(self._inflight)):
+            self._keep_spec(claimed.id, claimed.spec)
+        jobs, current = self._snapshot()
+        listed = {name: await self._listing(name) for name in sorted({j.provider for j in jobs})}
+        now = time.time()
+        launches = max(0, 4 * self.max_actions - len(self._inflight))  # new attempts this pass may start
+        wants_history = []
+        for job in jobs:
+            aware = job.id in self._aware
+            may_launch = current.get(job.id) is None and job.desired == "run" and (aware or now >= job.next_launch_at)
+            if aware or (may_launch and len(wants_history) < launches):
+                wants_history.append(job.id)
+        histories = self._histories(wants_history)
+        self._pass_lag = 0.0
+        starts: list[NewAttempt] = []
+        for job in jobs:
+            if job.id in self._inflight or job.id in self._settled:
+                continue
+            try:
+                await self._step(job, self._specs[job.id], current.get(job.id), histories.get(job.id),
+                                 listed.get(job.provider, {}), starts)
+            except LeaseLost as exc:
+                log.info("%s", exc)
+            except Exception:
+                log.exception("job %s: step failed; will retry next pass", job.id)
+        await self._start(starts)
+        self._write_notes()
+        held = {j.id for j in jobs}
+        self.planner.keep_only(held)
+        for gone in set(self._specs) - held - set(self._inflight):
+            del self._specs[gone]
+            self._aware.discard(gone)
         if self.passes % self.sweep_every == 0:
-            await self.sweep_leaks()
+            await self.sweep_leaks(listed)
+            self.leases.sweep_dead()
         self.passes += 1
+        self.lag_s, self.pass_s = self._pass_lag, time.monotonic() - started
+
+    def _snapshot(self) -> tuple[list[Job], dict[str, Attempt]]:
+        """This controller's active jobs (specs come from the cache) and their open attempts:
+        two queries, read together, the pass's view of the database. Plain rows, read-only and
+        with the ORM objects' attribute names: building 10 000 ORM objects would cost more
+        than the rest of the pass."""
+        mine = (Job.lease_owner == self.owner, Job.status.in_(ACTIVE))
+        with self.db.session() as s:
+            jobs = list(s.execute(select(*JOB_COLUMNS).where(*mine)))
+            open_ = s.execute(select(*ATTEMPT_COLUMNS).join(Job, Job.id == Attempt.job_id)
+                              .where(*mine, Attempt.ended_at.is_(None)).order_by(Attempt.number))
+            current = {a.job_id: a for a in open_}
+            missing = [j.id for j in jobs if j.id not in self._specs]  # held before this process, by its owner name
+            for chunk in range(0, len(missing), IN_CHUNK):
+                for job_id, raw in s.execute(select(Job.id, Job.spec).where(Job.id.in_(missing[chunk:chunk + IN_CHUNK]))):
+                    self._keep_spec(job_id, raw)
+        self._settled.clear()
+        return jobs, current
+
+    def _keep_spec(self, job_id: str, raw: str) -> None:
+        spec = self._specs[job_id] = JobSpec.model_validate_json(raw)
+        if spec.deadline_aware:
+            self._aware.add(job_id)
+
+    def _histories(self, job_ids: list[str]) -> dict[str, list[Attempt]]:
+        """Every attempt of the jobs about to launch or follow a policy, in number order."""
+        out: dict[str, list[Attempt]] = {j: [] for j in job_ids}
+        with self.db.session() as s:
+            for chunk in range(0, len(job_ids), IN_CHUNK):
+                for a in s.execute(select(*ATTEMPT_COLUMNS).where(Attempt.job_id.in_(job_ids[chunk:chunk + IN_CHUNK]))
+                                   .order_by(Attempt.job_id, Attempt.number)):
+                    out[a.job_id].append(a)
+        return out
+
+    async def _listing(self, name: str) -> dict[str, Instance]:
+        """One call for the provider's whole fleet, instead of one query per instance."""
+        return {i.id: i for i in await self.provider(name).list_instances()}
 
     async def settle(self) -> None:
         """Wait for every provider action under way (shutdown, tests)."""
@@ -191,71 +281,108 @@ class Reconciler:
         async def run() -> None:
             try:
                 await action
+            except LeaseLost as exc:  # another controller took the job over: it carries on
+                log.info("%s", exc)
             except Exception:
                 log.exception("%s: provider action failed; the next pass retries", key)
             finally:
                 self._inflight.pop(key, None)
+                self._settled.add(key)
 
         self._inflight[key] = asyncio.create_task(run())
 
-    def _claim_jobs(self) -> list[str]:
-        """Lease every active job that is free (or whose lease expired) to this controller."""
-        now = time.time()
-        free = or_(Job.lease_owner.is_(None), Job.lease_owner == self.owner, Job.lease_expires < now)
-        claim = update(Job).where(Job.status.in_(ACTIVE))
-        if not self.exclusive:
-            claim = claim.where(free)
+    async def _write(self, job: Job, attempt_id: int, write: Callable[[Session, Any], T]) -> T:
+        """`write(session, job_row)` for one of the job's attempts, committed with whatever other
+        actions write at the same moment: group commit, so a burst of launches or reclaims is a
+        few transactions, not thousands. Fenced like `_txn`; returns once committed."""
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._writes.append((job, attempt_id, write, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_batches())
+        return await done
+
+    async def _write_batches(self) -> None:
+        while self._writes:
+            await asyncio.sleep(0)  # writers of this moment join the batch
+            batch, self._writes = self._writes, []
+            results: list[Any] = []
+            try:
+                with self.db.session() as s:
+                    held = self.leases.fence(s, {job.id: job.lease_token for job, _, _, _ in batch})
+                    ids = [a for _, a, _, _ in batch]
+                    for at in range(0, len(ids), IN_CHUNK):  # into the session: each write's s.get is free
+                        s.scalars(select(Attempt).where(Attempt.id.in_(ids[at:at + IN_CHUNK])).with_for_update()).all()
+                    for job, _, write, _ in batch:
+                        results.append(write(s, s.get(Job, job.id)) if job.id in held else
+                                       LeaseLost(f"job {job.id}: this controller ({self.owner}) no longer holds its lease"))
+            except Exception as exc:  # noqa: BLE001  every writer of the batch hears it, and retries
+                for *_, done in batch:
+                    done.set_exception(exc)
+                continue
+            for (*_, done), result in zip(batch, results):
+                if isinstance(result, LeaseLost):
+                    done.set_exception(result)
+                else:
+                    done.set_result(result)
+
+    @contextlib.contextmanager
+    def _txn(self, job: Job) -> Iterator[Session]:
+        """A transaction that writes for `job`: refused (LeaseLost) unless this controller still
+        holds the job with the fencing token it read it with."""
         with self.db.session() as s:
-            s.execute(
-                claim.values(lease_owner=self.owner, lease_expires=now + self.lease_s).execution_options(
-                    synchronize_session=False
-                )
-            )
-        with self.db.session() as s:
-            return list(
-                s.scalars(select(Job.id).where(Job.status.in_(ACTIVE), Job.lease_owner == self.owner))
-            )
+            if not self.leases.fence(s, {job.id: job.lease_token}):
+                raise LeaseLost(f"job {job.id}: this controller ({self.owner}) no longer holds its lease")
+            yield s
 
     # --- one job -------------------------------------------------------------------------
 
-    async def _step(self, job_id: str) -> None:
-        """One look at one job."""
-        with self.db.session() as s:
-            job = s.get(Job, job_id)
-            attempts = repo.attempts_of(s, job_id)
-        if JobStatus(job.status).terminal:  # finished by another controller since we claimed it
-            return
-        spec = JobSpec.model_validate_json(job.spec)
+    async def _step(self, job: Job, spec: JobSpec, current: Attempt | None, attempts: list[Attempt] | None,
+                    listed: Mapping[str, Instance], starts: list[NewAttempt]) -> None:
+        """One look at one job. `attempts` (its history) is None when this pass has no launch
+        to spare for it; `listed` is its provider's fleet, listed once for the pass; a new
+        attempt goes into `starts`, for the caller to record with the others in one go."""
         provider = self.provider(job.provider)
-        current = attempts[-1] if attempts and attempts[-1].ended_at is None else None
-
         if job.desired == "cancel":
             await self._act(job.id, self._cancel(job, current, provider))
         elif current is not None and current.instance_id is None:
             await self._act(job.id, self._launch(job, spec, current, provider))  # crashed between row and launch
         elif current is not None:
-            inst = await provider.query(current.instance_id)
+            # Missing from the listing: gone, or a listing older than its launch; ask for it alone.
+            inst = listed.get(current.instance_id) or await provider.query(current.instance_id)
             # A reclaim already announced, or a switch this process started, just plays out.
             steady = inst.state not in ENDED and inst.state != InstanceState.NOTICE
-            if not (spec.deadline_aware and steady):
+            if not (job.id in self._aware and steady):
                 await self._observe(job, spec, current, inst, provider)
             elif current.cause != Cause.SWITCH.value:
-                await self._follow_policy(job, spec, attempts, current, inst, provider)
+                await self._follow_policy(job, spec, attempts or [current], current, inst, provider)
             elif current.id not in self._stopped:  # marked by a controller that died before stopping it
                 await self._act(job.id, self._stop_for_switch(job, current, inst, spec, provider))
             else:
                 await self._observe(job, spec, current, inst, provider)
         elif spec.recovery.deadline is not None and time.time() > job.submitted_at + spec.recovery.deadline:
-            self._finish(job.id, JobStatus.FAILED, f"deadline of {spec.recovery.deadline:g}s passed before it completed")
-        elif spec.deadline_aware:
+            self._finish(job, JobStatus.FAILED, f"deadline of {spec.recovery.deadline:g}s passed before it completed")
+        elif attempts is None:
+            return  # over this pass's launch budget: a later pass launches it
+        elif job.id in self._aware:
             decision = self._decide(job, spec, attempts, None, provider)
             # A refused spot launch backs off spot, not the on-demand the policy may now need.
             refused = bool(attempts) and attempts[-1].cause == Cause.REFUSED.value and decision.kind == ON_DEMAND_KIND
             if decision != IDLE and (time.time() >= job.next_launch_at or refused):
-                att = self._new_attempt(job, spec, attempts, provider, decision)
-                await self._act(job.id, self._launch(job, spec, att, provider))
+                starts.append(NewAttempt(job, spec, self._attempt_row(job, spec, attempts, provider, decision)))
         elif time.time() >= job.next_launch_at:
-            await self._act(job.id, self._launch(job, spec, self._new_attempt(job, spec, attempts, provider), provider))
+            starts.append(NewAttempt(job, spec, self._attempt_row(job, spec, attempts, provider)))
+
+    async def _step_now(self, job_id: str) -> None:
+        """Look at one job again at once (after its attempt ended), outside the pass."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            attempts = repo.attempts_of(s, job_id)
+        if job is None or job.lease_owner != self.owner or JobStatus(job.status).terminal or job.id not in self._specs:
+            return
+        current = attempts[-1] if attempts and attempts[-1].ended_at is None else None
+        starts: list[NewAttempt] = []
+        await self._step(job, self._specs[job_id], current, attempts, {}, starts)
+        await self._start(starts)
 
     def _relaunch_due(self, job_id: str) -> float | None:
         with self.db.session() as s:
@@ -269,7 +396,7 @@ class Reconciler:
         """Ask the job's policy; a changed decision goes into the job's timeline."""
         decision, obs = self.planner.decide(job, spec, attempts, current, provider)
         if self.planner.is_news(job.id, decision):
-            with self.db.session() as s:
+            with self._txn(job) as s:
                 repo.add_event(s, job.id, "decision", describe(spec, decision, obs), current.number if current else None)
         return decision
 
@@ -282,7 +409,7 @@ class Reconciler:
         if decision in (IDLE, capacity(spec, att)):
             await self._observe(job, spec, att, inst, provider)
             return
-        with self.db.session() as s:  # marked first: a crash after this still ends it as a switch
+        with self._txn(job) as s:  # marked first: a crash after this still ends it as a switch
             s.get(Attempt, att.id).cause = Cause.SWITCH.value
             how = "with the cloud's notice" if inst.spot else "gracefully (SIGTERM)"
             repo.add_event(s, job.id, "switch", f"moving attempt {att.number} to {label(spec, decision)}: stopping {inst.id} {how}", att.number)
@@ -303,8 +430,9 @@ class Reconciler:
         if stopped.state in ENDED:
             await self._finish_attempt(job, spec, att, stopped, provider)
 
-    def _new_attempt(self, job: Job, spec: JobSpec, attempts: list[Attempt], provider: Provider,
+    def _attempt_row(self, job: Job, spec: JobSpec, attempts: list[Attempt], provider: Provider,
                      decision: Decision | None = None) -> Attempt:
+        """The job's next attempt, not yet recorded: where and on what capacity it launches."""
         res = spec.resources
         if decision is not None:
             spot, zone = decision.kind == SPOT_KIND, zone_of(spec, decision)
@@ -316,24 +444,37 @@ class Reconciler:
             spot = res.spot if res.spot != "auto" else job.refusals < max(AUTO_ON_DEMAND_AFTER, len(places))
             zone, itype = places[len(attempts) % len(places)]
         spot_price, od_price = provider.prices(itype, zone)
-        att = Attempt(
+        return Attempt(
             job_id=job.id, number=(attempts[-1].number + 1) if attempts else 1,
             token=f"{job.id}-{os.urandom(8).hex()}", spot=spot, zone=zone,
             instance_type=itype, price=spot_price if spot else od_price,
             on_demand_price=od_price, created_at=time.time(), cost=0.0,
         )
+
+    async def _start(self, starts: list[NewAttempt]) -> None:
+        """Record new attempts, all in one transaction (a burst of launches is one commit, not
+        thousands), each with its token before its launch; then launch them off the pass."""
+        if not starts:
+            return
         with self.db.session() as s:
-            s.add(att)
-            s.get(Job, job.id).status = (
-                JobStatus.PROVISIONING.value if job.status == JobStatus.PENDING.value else job.status
-            )
-            repo.add_event(
-                s, job.id, "launching",
-                f"launching attempt {att.number}: {'spot' if spot else 'on-demand'}"
-                + (f" in {zone}" if zone else ""), att.number,
-            )
+            held = self.leases.fence(s, {n.job.id: n.job.lease_token for n in starts})
+            for n in starts:
+                if n.job.id not in held:
+                    log.info("job %s: this controller no longer holds its lease; its new owner launches it", n.job.id)
+                    continue
+                s.add(n.att)
+                j = s.get(Job, n.job.id)
+                if j.status == JobStatus.PENDING.value:
+                    j.status = JobStatus.PROVISIONING.value
+                repo.add_event(
+                    s, j.id, "launching",
+                    f"launching attempt {n.att.number}: {'spot' if n.att.spot else 'on-demand'}"
+                    + (f" in {n.att.zone}" if n.att.zone else ""), n.att.number,
+                )
         crash_point("after-attempt-row")
-        return att
+        for n in starts:
+            if n.job.id in held:
+                await self._act(n.job.id, self._launch(n.job, n.spec, n.att, self.provider(n.job.provider)))
 
     async def _launch(self, job: Job, spec: JobSpec, att: Attempt, provider: Provider) -> None:
         try:
@@ -349,33 +490,37 @@ class Reconciler:
             async with self._launch_slots:
                 inst = await provider.launch(request)
         except LaunchRefused as exc:
-            self._refused(job, spec, att, f"launch refused: {exc}")
+            await self._refused(job, spec, att, f"launch refused: {exc}")
             return
         except ValueError as exc:  # the request itself is wrong (e.g. workdir gone): retrying won't help
-            self._refused(job, spec, att, f"launch rejected: {exc}", fatal=True)
+            await self._refused(job, spec, att, f"launch rejected: {exc}", fatal=True)
             return
         except Exception as exc:  # noqa: BLE001  a provider failure is retried like a refusal
-            self._refused(job, spec, att, f"launch failed: {type(exc).__name__}: {exc}")
+            await self._refused(job, spec, att, f"launch failed: {type(exc).__name__}: {exc}")
             return
         crash_point("after-launch")
-        with self.db.session() as s:
+
+        def write(s: Session, j: Job) -> tuple[Attempt, str]:
             a = s.get(Attempt, att.id)
             a.instance_id, a.instance_log = inst.id, inst.log_path
             a.started_at = inst.launched_at or time.time()
             if inst.price_per_hour is not None:
                 a.price = inst.price_per_hour
-            j = s.get(Job, job.id)
             j.refusals, j.updated_at = 0, time.time()
             repo.add_event(s, job.id, "launched", f"attempt {a.number} on instance {inst.id}", a.number)
-            att = a
-        await self._observe(job, spec, att, inst, provider)
+            if inst.state not in ENDED:
+                self._note_state(s, j, a, inst, set())  # a new attempt: no notice recorded yet
+            return a, j.status
 
-    def _refused(self, job: Job, spec: JobSpec, att: Attempt, message: str, fatal: bool = False) -> None:
+        recorded, status = await self._write(job, att.id, write)
+        await self._observe(job, spec, recorded, inst, provider, status)
+
+    async def _refused(self, job: Job, spec: JobSpec, att: Attempt, message: str, fatal: bool = False) -> None:
         now = time.time()
-        with self.db.session() as s:
+
+        def write(s: Session, j: Job) -> None:
             a = s.get(Attempt, att.id)
             a.ended_at, a.cause = now, Cause.REFUSED.value
-            j = s.get(Job, job.id)
             if fatal:
                 self._set_finished(s, j, JobStatus.FAILED, message)
                 return
@@ -388,22 +533,63 @@ class Reconciler:
             j.status = (JobStatus.RECOVERING if launched_before else JobStatus.PENDING).value
             repo.add_event(s, job.id, "refused", f"{message}; retrying in {delay:.1f}s", a.number)
 
-    async def _observe(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance, provider: Provider) -> None:
+        await self._write(job, att.id, write)
+
+    async def _observe(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance, provider: Provider,
+                       status: str | None = None) -> None:
+        """Act on what the instance says; `status`: the job's, if newer than the pass's view."""
         self._keep_log(job.id, att, inst)
-        if inst.state not in ENDED:
-            with self.db.session() as s:
-                j = s.get(Job, job.id)
-                if inst.state != InstanceState.PENDING:
-                    status = JobStatus.RUNNING
-                else:  # booting: a recovery stays RECOVERING until the new instance runs
-                    status = JobStatus(j.status if j.status == JobStatus.RECOVERING.value else JobStatus.PROVISIONING.value)
-                if j.status != status.value and j.desired == "run":
-                    j.status, j.updated_at = status.value, time.time()
-                    repo.add_event(s, job.id, status.value.lower(), f"attempt {att.number} {inst.state.value}", att.number)
-                if inst.state == InstanceState.NOTICE and not self._has_event(s, job.id, att.number, "notice"):
-                    repo.add_event(s, job.id, "notice", f"reclaim notice on {inst.id}; the agent is saving work", att.number)
+        if inst.state in ENDED:
+            if inst.ended_at is not None:
+                self._pass_lag = max(self._pass_lag, time.time() - inst.ended_at)
+            await self._act(job.id, self._finish_attempt(job, spec, att, inst, provider))
             return
-        await self._act(job.id, self._finish_attempt(job, spec, att, inst, provider))
+        # Written only when the pass's view of the job says something changed: a steady job
+        # costs no query. The transaction reads the row again, so a cancel since then wins.
+        status = status or job.status
+        noticed = inst.state != InstanceState.NOTICE or att.id in self._noticed
+        if self._status_seen(status, inst) != status or not noticed:
+            self._notes.append((job, att, inst))  # written with the pass's others, in one transaction
+
+    def _write_notes(self) -> None:
+        """Record the pass's news of live instances (a job now running, a notice) in one
+        transaction; news of an attempt that has ended since is dropped."""
+        notes, self._notes = self._notes, []
+        if not notes:
+            return
+        with self.db.session() as s:
+            held = self.leases.fence(s, {job.id: job.lease_token for job, _, _ in notes})
+            ids = [att.id for _, att, _ in notes]
+            live: set[int] = set()
+            recorded: set[tuple[str, int]] = set()
+            for at in range(0, len(ids), IN_CHUNK):
+                live.update(s.scalars(select(Attempt.id).where(Attempt.id.in_(ids[at:at + IN_CHUNK]), Attempt.ended_at.is_(None))))
+            noticing = [job.id for job, _, inst in notes if inst.state == InstanceState.NOTICE]
+            for at in range(0, len(noticing), IN_CHUNK):
+                recorded.update((j, n) for j, n in s.execute(select(Event.job_id, Event.attempt).where(
+                    Event.kind == "notice", Event.job_id.in_(noticing[at:at + IN_CHUNK]))))
+            for job, att, inst in notes:
+                if job.id in held and att.id in live:
+                    self._note_state(s, s.get(Job, job.id), att, inst, recorded)
+
+    def _note_state(self, s: Session, j: Job, att: Attempt, inst: Instance, recorded: set[tuple[str, int]]) -> None:
+        """Record what a live instance says of its job: the status it implies, and its notice
+        unless `recorded` (job, attempt) already has one."""
+        status = self._status_seen(j.status, inst)
+        if j.status != status and j.desired == "run":
+            j.status, j.updated_at = status, time.time()
+            repo.add_event(s, j.id, status.lower(), f"attempt {att.number} {inst.state.value}", att.number)
+        if inst.state == InstanceState.NOTICE and att.id not in self._noticed:
+            if (j.id, att.number) not in recorded:
+                repo.add_event(s, j.id, "notice", f"reclaim notice on {inst.id}; the agent is saving work", att.number)
+            self._noticed.add(att.id)
+
+    @staticmethod
+    def _status_seen(status: str, inst: Instance) -> str:
+        """The job's status given its live instance: booting keeps a recovery RECOVERING."""
+        if inst.state != InstanceState.PENDING:
+            return JobStatus.RUNNING.value
+        return status if status == JobStatus.RECOVERING.value else JobStatus.PROVISIONING.value
 
     async def _finish_attempt(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance, provider: Provider) -> None:
         # Free the instance first (idempotent; on a cloud an exited agent may leave a billed VM),
@@ -411,13 +597,13 @@ class Reconciler:
         # the attempt still open.
         await self._terminate(provider, inst.id)
         crash_point("after-terminate")
-        ended = self._end_attempt(job, spec, att, inst)
+        ended = await self._end_attempt(job, spec, att, inst)
         if ended == Cause.SUCCESS and spec.on_success == "delete" and spec.checkpoint is not None:
             await self._delete_checkpoints(job.id, spec)
         relaunch_in = self._relaunch_due(job.id) if ended is not None else None
         if relaunch_in is not None:  # relaunch now, not a pass later
             await asyncio.sleep(relaunch_in)
-            await self._step(job.id)
+            await self._step_now(job.id)
 
     async def _terminate(self, provider: Provider, instance_id: str) -> None:
         async with self._terminate_slots:
@@ -436,20 +622,15 @@ class Reconciler:
         with self.db.session() as s:
             repo.add_event(s, job_id, "checkpoints", message)
 
-    @staticmethod
-    def _has_event(s: Session, job_id: str, attempt: int, kind: str) -> bool:
-        return s.scalars(
-            select(Event.id).where(Event.job_id == job_id, Event.attempt == attempt, Event.kind == kind)
-        ).first() is not None
-
-    def _end_attempt(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance) -> Cause | None:
+    async def _end_attempt(self, job: Job, spec: JobSpec, att: Attempt, inst: Instance) -> Cause | None:
         """Close the attempt and apply its outcome to the job, in one transaction; exactly once
         (None when it was closed already, e.g. by a controller that took over the lease)."""
         cause = classify(inst)
         now = time.time()
-        with self.db.session() as s:
-            a = s.get(Attempt, att.id, with_for_update=True)
-            j = s.get(Job, job.id, with_for_update=True)
+
+        def write(s: Session, j: Job) -> Cause | None:
+            nonlocal cause
+            a = s.get(Attempt, att.id)
             if a.ended_at is not None or JobStatus(j.status).terminal:
                 return None
             if a.cause == Cause.SWITCH.value and cause != Cause.SUCCESS:
@@ -487,7 +668,9 @@ class Reconciler:
                 else:
                     delay = backoff_delay(spec.recovery.backoff.base, spec.recovery.backoff.max, j.errors, self.rng)
                     self._recover(s, j, delay, "error")
-        return cause
+            return cause
+
+        return await self._write(job, att.id, write)
 
     @staticmethod
     def _close(a: Attempt, j: Job, ended_at: float, cause: Cause, returncode: int | None) -> None:
@@ -508,9 +691,9 @@ class Reconciler:
         j.status, j.reason, j.finished_at, j.lease_owner = status.value, reason, time.time(), None
         repo.add_event(s, j.id, status.value.lower(), reason or f"job {status.value.lower()}")
 
-    def _finish(self, job_id: str, status: JobStatus, reason: str | None) -> None:
-        with self.db.session() as s:
-            self._set_finished(s, s.get(Job, job_id), status, reason)
+    def _finish(self, job: Job, status: JobStatus, reason: str | None) -> None:
+        with self._txn(job) as s:
+            self._set_finished(s, s.get(Job, job.id), status, reason)
 
     async def _cancel(self, job: Job, att: Attempt | None, provider: Provider) -> None:
         if att is not None:
@@ -520,10 +703,10 @@ class Reconciler:
                 await self._terminate(provider, instance_id)
                 inst = await provider.query(instance_id)
                 self._keep_log(job.id, att, inst)
-            with self.db.session() as s:
+            with self._txn(job) as s:
                 ended = (inst.ended_at if inst else None) or time.time()
                 self._close(s.get(Attempt, att.id), s.get(Job, job.id), ended, Cause.CANCEL, inst.returncode if inst else None)
-        self._finish(job.id, JobStatus.CANCELLED, "cancelled by the user")
+        self._finish(job, JobStatus.CANCELLED, "cancelled by the user")
 
     @staticmethod
     async def _instance_by_token(provider: Provider, job_id: str, token: str) -> str | None:
@@ -550,26 +733,32 @@ class Reconciler:
                 fi.seek(have)
                 fo.write(fi.read(size - have))
 
-    async def sweep_leaks(self) -> list[str]:
+    async def sweep_leaks(self, listed: Mapping[str, Mapping[str, Instance]] | None = None) -> list[str]:
         """Terminate live instances this database launched whose attempt has ended (an instance
         outliving its attempt, e.g. after a crash between the end's record and its terminate).
 
         Only instances stamped with this database's identity, and whose token it knows, are
         judged: another controller's (another database, or one recreated under the same home)
-        are never touched, nor are instances from before identities existed.
+        are never touched, nor are instances from before identities existed. Controllers sharing
+        the database each sweep the instances of their own shards. `listed`: the pass's listings.
         """
         terminated = []
+        listed = listed or {}
+        shards = None if self.leases.exclusive else set(self.leases.my_shards())
         with self.db.session() as s:
             names = {p for (p,) in s.execute(select(Job.provider).distinct())}
         for name in sorted(names):
             provider = self.provider(name)
-            instances = await provider.list_instances()
-            mine = [i for i in instances if i.state not in ENDED and i.owner == self.db.identity]
+            instances = (listed[name] if name in listed else await self._listing(name)).values()
+            mine = [i for i in instances if i.state not in ENDED and i.owner == self.db.identity
+                    and (shards is None or shard_of(i.job_id) in shards)]
             if not mine:
                 continue
+            ended: set[str] = set()
             with self.db.session() as s:  # read after listing: a row always precedes its instance
-                ended = set(s.scalars(select(Attempt.token).where(
-                    Attempt.token.in_([i.token for i in mine]), Attempt.ended_at.is_not(None))))
+                for chunk in range(0, len(mine), IN_CHUNK):
+                    ended.update(s.scalars(select(Attempt.token).where(
+                        Attempt.token.in_([i.token for i in mine[chunk:chunk + IN_CHUNK]]), Attempt.ended_at.is_not(None))))
             for inst in mine:
                 if inst.token in ended:
                     log.warning("terminating leaked instance %s: its attempt has ended", inst.id)
