@@ -5,7 +5,7 @@
 
 Two SQLite databases are filled as the dashboard benchmark fills them (each job with two
 attempts and three events; `benchmarks/dashboard_jobs.py`). Measured in process, medians of
-`--rounds`: `repo.list_views` for the default page (100), a filtered page (FAILED), the page after
+`--rounds`: `repo.jobs_page` for the default page (100), a filtered page (FAILED), the page after
 the middle job (`--after`), and every job; and, for comparison, every job the way `spotrun jobs`
 read them before paging (one attempts query per job). Then the CLI itself, `spotrun jobs` (one
 page, a table) and `spotrun jobs --limit 0 --json`, as child processes (Python's start included).
@@ -54,9 +54,9 @@ def measure(home: Path, n: int, rounds: int) -> dict[str, float]:
             [repo.job_view(s, j) for j in s.scalars(select(Job).order_by(Job.created_at))]
 
     found = {
-        "page_s": _median(lambda: repo.list_views(db, limit=100), rounds),
-        "failed_page_s": _median(lambda: repo.list_views(db, states=["FAILED"], limit=100), rounds),
-        "after_middle_s": _median(lambda: repo.list_views(db, after=ids[len(ids) // 2], limit=100), rounds),
+        "page_s": _median(lambda: repo.jobs_page(db, limit=100), rounds),
+        "failed_page_s": _median(lambda: repo.jobs_page(db, states=["FAILED"], limit=100), rounds),
+        "after_middle_s": _median(lambda: repo.jobs_page(db, after=ids[len(ids) // 2], limit=100), rounds),
         "all_s": _median(lambda: repo.list_views(db), rounds),
         "all_one_query_per_job_s": _median(one_query_per_job, rounds),
     }

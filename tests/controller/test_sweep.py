@@ -35,7 +35,7 @@ sweep:
 def _specs(db, label: str) -> list[tuple[str, dict]]:
     from spotrun.controller.spec import JobSpec
 
-    views, total = repo.list_views(db, sweep=label)
+    views, total = repo.jobs_page(db, sweep=label)
     assert total == len(views)
     with db.session() as s:
         return [(v["name"], JobSpec.model_validate_json(s.get(Job, v["id"]).spec).model_dump()) for v in views]
@@ -69,17 +69,17 @@ def test_sweep_yaml_creates_the_jobs_and_they_run_on_sim(tmp_path: Path, db) -> 
         rec = Reconciler(db, {"sim": SimProvider(SimConfig())}, interval=0.1, exclusive=True)
         for _ in range(400):
             await rec.run_once()
-            views, _ = repo.list_views(db)
+            views = repo.list_views(db)
             if all(v["status"] == "SUCCEEDED" for v in views):
                 break
             await asyncio.sleep(0.05)
         await rec.settle()
 
     asyncio.run(drive())
-    assert {v["status"] for v in repo.list_views(db)[0]} == {"SUCCEEDED"}
+    assert {v["status"] for v in repo.list_views(db)} == {"SUCCEEDED"}
     # `spotrun status LABEL`: the sweep at a glance, its cost the sum of its jobs'.
     summary = repo.sweep_view(db, label)
-    views = repo.list_views(db, sweep=label)[0]
+    views = repo.list_views(db, sweep=label)
     assert (summary["jobs"], summary["states"], summary["attempts"]) == (6, {"SUCCEEDED": 6}, 6)
     assert summary["cost"] == pytest.approx(sum(v["cost"] for v in views), abs=1e-5) and summary["cost"] > 0
     assert repo.sweep_view(db, "no-such-sweep") is None
@@ -126,7 +126,7 @@ def test_bad_sweeps_from_the_cli_create_nothing(tmp_path: Path, spotrun_cmd: lis
 
     db = Database()  # the one under SPOTRUN_HOME that a launch would have written to
     try:
-        assert repo.list_views(db)[1] == 0
+        assert repo.list_views(db) == []
     finally:
         db.close()
 
@@ -146,19 +146,19 @@ def test_jobs_pages_and_filters(db, spotrun_cmd: list[str]) -> None:
     # Pages of 40, each after the last id of the one before: every job once, in submission order.
     seen, after = [], None
     while True:
-        page, total = repo.list_views(db, limit=40, after=after)
+        page, total = repo.jobs_page(db, limit=40, after=after)
         assert total == len(everything)
         if not page:
             break
         seen += [v["id"] for v in page]
         after = page[-1]["id"]
     assert seen == everything
-    assert [v["id"] for v in repo.list_views(db, sweep="bs-b")[0]] == b
-    failed, n = repo.list_views(db, states=["FAILED"], sweep="lr-a")
+    assert [v["id"] for v in repo.list_views(db, sweep="bs-b")] == b
+    failed, n = repo.jobs_page(db, states=["FAILED"], sweep="lr-a")
     assert [v["id"] for v in failed] == a[::7] and n == len(a[::7])
-    assert [v["name"] for v in repo.list_views(db, name="lr-1?")[0]] == [f"lr-1{i}" for i in range(10)]
-    assert [v["id"] for v in repo.list_views(db, name="solo")[0]] == [solo]
-    assert repo.list_views(db, name="lr_1")[1] == 0  # `_` is no wildcard
+    assert [v["name"] for v in repo.list_views(db, name="lr-1?")] == [f"lr-1{i}" for i in range(10)]
+    assert [v["id"] for v in repo.list_views(db, name="solo")] == [solo]
+    assert repo.jobs_page(db, name="lr_1") == ([], 0)  # `_` is no wildcard
     # The CLI: filters, --json, and the footer that names the next page.
     out = subprocess.run([*spotrun_cmd, "jobs", "--sweep", "lr-a", "--state", "failed,running", "--json"],
                          capture_output=True, text=True, check=True)

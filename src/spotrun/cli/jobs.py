@@ -115,7 +115,7 @@ def launch(
 def _launched_sweep(label: str, handles: list, as_json: bool) -> None:
     from spotrun.controller.repo import list_views
 
-    jobs, _ = list_views(_db(), sweep=label)
+    jobs = list_views(_db(), sweep=label)
     if as_json:
         print_json({"sweep": label, "count": len(jobs), "jobs": [{"id": v["id"], "name": v["name"]} for v in jobs]})
         return
@@ -153,11 +153,11 @@ def list_jobs(
     """
     from rich.table import Table
 
-    from spotrun.controller.repo import list_views
+    from spotrun.controller.repo import jobs_page
 
     states = _states(state)
     with _user_errors():
-        views, total = list_views(_db(), states=states, name=name, sweep=sweep, after=after, limit=limit or None)
+        views, total = jobs_page(_db(), states=states, name=name, sweep=sweep, after=after, limit=limit or None)
     if json_:
         print_json(views)
         return

@@ -197,8 +197,13 @@ def job_query(*, states: list[str] | None = None, name: str | None = None, sweep
     return query
 
 
-def list_views(db: Database, *, states: list[str] | None = None, name: str | None = None, sweep: str | None = None,
-               after: str | None = None, limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
+def list_views(db: Database, **filters: Any) -> list[dict[str, Any]]:
+    """Every job matching `jobs_page`'s filters (all jobs by default), in submission order."""
+    return jobs_page(db, **filters)[0]
+
+
+def jobs_page(db: Database, *, states: list[str] | None = None, name: str | None = None, sweep: str | None = None,
+              after: str | None = None, limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
     """A page of jobs in submission order, from just after job `after`, and how many match in all.
 
     Keyset paging on the (created_at, id) index: page 100 costs what page 1 does, and a job
