@@ -508,6 +508,7 @@ class FakeApiServer:
         return self.call(run())
 
     def __enter__(self) -> FakeApiServer:
+        self.root.mkdir(parents=True, exist_ok=True)
         self._thread.start()
         self.url = self.call(self._start())
         self.kubeconfig.write_text(json.dumps({

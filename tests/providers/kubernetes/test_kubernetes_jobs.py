@@ -97,7 +97,7 @@ async def test_oomkilled_is_an_error_and_an_eviction_a_reclaim(
     namespace, _, name = first.partition("/")
     from kubernetes import client, config
 
-    api = client.CoreV1Api(config.new_client_from_config())
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(kube.kubeconfig)))
     api.create_namespaced_pod_eviction(name, namespace, {"apiVersion": "policy/v1", "kind": "Eviction",
                                                           "metadata": {"name": name, "namespace": namespace}})
     await async_wait_until(lambda: view(db, sleeper)["reclaims"] == 1, what="the eviction to count as a reclaim")

@@ -55,4 +55,6 @@ class KubeConfig:
             store=store, context=env("SPOTRUN_KUBERNETES_CONTEXT") or None,
             namespace=env("SPOTRUN_KUBERNETES_NAMESPACE") or None, image=env("SPOTRUN_KUBERNETES_IMAGE") or None,
             agent=env("SPOTRUN_KUBERNETES_AGENT") or cls.agent, cluster=cluster,
+            # Read now: the client reads KUBECONFIG once, when it is first imported.
+            kubeconfig=env("KUBECONFIG") or None,
         )

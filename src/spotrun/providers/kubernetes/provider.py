@@ -362,8 +362,8 @@ class KubernetesProvider:
 
 
 def _in_cluster() -> bool:
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not os.environ.get("KUBECONFIG") and not (
-        Path.home() / ".kube" / "config").exists()
+    """A controller in a pod with no kubeconfig of its own uses the pod's service account."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not (Path.home() / ".kube" / "config").exists()
 
 
 def _with_log(inst: Instance, path: str) -> Instance:
