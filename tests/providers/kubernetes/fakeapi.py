@@ -552,7 +552,7 @@ class FakeApiServer:
         sub = request.path.split("/")[7] if ns and len(request.path.split("/")) > 7 else ""
         verb = {"GET": "get" if request.match_info.get("name") else "list", "POST": "create", "PUT": "update",
                 "DELETE": "delete"}[request.method]
-        if verb == "list" and request.query.get("watch") in ("true", "1"):
+        if verb == "list" and request.query.get("watch", "").lower() in ("true", "1"):
             verb = "watch"
         what = f"{verb} {resource}{'/' + sub if sub else ''}"
         self.cluster.requests[what] += 1
@@ -568,7 +568,7 @@ class FakeApiServer:
         ns, query = request.match_info["ns"], request.query
         selected = [p for (n, _), p in sorted(self.cluster.pods.items()) if n == ns
                     and matches_selector(p["metadata"].get("labels") or {}, query.get("labelSelector"))]
-        if query.get("watch") in ("true", "1"):
+        if query.get("watch", "").lower() in ("true", "1"):
             return await self._watch(request, ns, int(query.get("resourceVersion") or 0))
         start = int(base64.urlsafe_b64decode(query["continue"]).decode()) if query.get("continue") else 0
         limit = int(query.get("limit") or 0) or len(selected) or 1
