@@ -146,6 +146,7 @@ class FakeCluster:
         self.shutdown_grace_s = shutdown_grace_s  # kubelet's shutdownGracePeriod
         self.bad_images: set[str] = set()
         self.pod_gc = False  # True: pods of a deleted node are deleted (PodGC) instead of kept Failed
+        self.run_containers = True  # False: pods run without processes (control-plane benchmarks)
         self.token = uuid.uuid4().hex
         self.rv = 0
         self.pods: dict[tuple[str, str], dict] = {}
@@ -360,6 +361,9 @@ class FakeCluster:
                 await asyncio.sleep(TICK_S)
                 continue
             break
+        if not self.run_containers:
+            self._running(pod, now_iso())
+            return
         root = self.root / "pods" / uid
         (root / "tmp").mkdir(parents=True, exist_ok=True)
         box = Container(marker=f"k8s-{uid}", root=root, log=root / "container.log")
@@ -372,6 +376,17 @@ class FakeCluster:
             box.proc = await asyncio.create_subprocess_exec(
                 *c["command"], *(c.get("args") or []), cwd=root, env={**base, **env}, stdin=asyncio.subprocess.DEVNULL,
                 stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        self._running(pod, started)
+        limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
+        if limit:
+            self._spawn(self._memory_watch(box, quantity(limit)))
+        code = await box.proc.wait()
+        if uid not in self._stopping:  # it ended by itself: the container's other processes go with it
+            await asyncio.to_thread(procs.kill_instance, box.marker)
+            self._terminated(pod, box, code, started)
+
+    def _running(self, pod: dict, started: str) -> None:
+        c, uid = pod["spec"]["containers"][0], pod["metadata"]["uid"]
         pod["status"].update(phase="Running", hostIP="127.0.0.1", podIP="127.0.0.1", startTime=started,
                              podIPs=[{"ip": "127.0.0.1"}], hostIPs=[{"ip": "127.0.0.1"}])
         for kind in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady"):
@@ -381,13 +396,6 @@ class FakeCluster:
             "containerID": f"containerd://{uid.replace('-', '')}", "ready": True, "restartCount": 0, "started": True,
             "state": {"running": {"startedAt": started}}, "lastState": {}}]
         self._pod_event("MODIFIED", pod)
-        limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
-        if limit:
-            self._spawn(self._memory_watch(box, quantity(limit)))
-        code = await box.proc.wait()
-        if uid not in self._stopping:  # it ended by itself: the container's other processes go with it
-            await asyncio.to_thread(procs.kill_instance, box.marker)
-            self._terminated(pod, box, code, started)
 
     def _terminated(self, pod: dict, box: Container, code: int, started: str, reason: str | None = None,
                     message: str | None = None) -> None:
@@ -438,6 +446,24 @@ class FakeCluster:
         self._stopping.discard(uid)
         self._terminated(pod, box, code, started, reason, message)
 
+    async def lose_node(self, node: str) -> None:
+        """The node vanishes with no shutdown at all (a VM pulled, a kernel panic): its processes
+        die at once and PodGC deletes its pods. Nobody hears a notice; no exit status is written."""
+        for pod in self.pods_on(node):
+            box = self.containers.pop(pod["metadata"]["uid"], None)
+            if box is not None:
+                self._stopping.add(pod["metadata"]["uid"])
+                await asyncio.to_thread(procs.kill_instance, box.marker)
+        self.nodes.pop(node, None)
+        self._pod_gc(node)
+
+    def _pod_gc(self, node: str) -> None:
+        for pod in self.pods_on(node):
+            self._condition(pod, "DisruptionTarget", "True", "DeletionByPodGC", "PodGC: node no longer exists")
+            del self.pods[(pod["metadata"]["namespace"], pod["metadata"]["name"])]
+            self._pod_event("DELETED", pod)
+            self._collect(pod)
+
     async def reclaim_node(self, node: str) -> None:
         """The cloud takes the node back: kubelet's graceful node shutdown, then the node is gone."""
         self.nodes[node]["status"]["conditions"] = [{"type": "Ready", "status": "False", "reason": "KubeletNotReady",
@@ -455,12 +481,7 @@ class FakeCluster:
                 self._pod_event("MODIFIED", pod)
         del self.nodes[node]
         if self.pod_gc:  # PodGC: pods bound to a node that no longer exists are deleted
-            for pod in self.pods_on(node):
-                self._condition(pod, "DisruptionTarget", "True", "DeletionByPodGC", "PodGC: node no longer exists")
-                key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
-                del self.pods[key]
-                self._pod_event("DELETED", pod)
-                self._collect(pod)
+            self._pod_gc(node)
 
     async def stop(self) -> None:
         for box in list(self.containers.values()):
