@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-RBAC = "apply the Role in docs/kubernetes.md (pods, pods/log, secrets: create, get, list, delete)"
+RBAC = "apply the Role in docs/kubernetes.md (pods: create, get, list, delete; pods/log: get; secrets: create, update)"
 
 
 def _said(exc: object) -> str:
