@@ -1,17 +1,25 @@
-"""Fixtures for the local provider: a private root, and a check that no test leaks a process."""
+"""Fixtures for the providers: the local provider's private root and a check that no test leaks a
+process; for the cloud providers (aws/, kubernetes/, each with its `provider` and `db`), a
+reconciler in this process and controllers as child processes to kill at a crash point."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from spotrun.controller.db import Database
+from spotrun.controller.reconciler import Reconciler
 from spotrun.providers.base import Instance, InstanceState, LaunchRequest
 from spotrun.providers.local import LocalProvider, MarketConfig
+
+from tests.controller.helpers import ControllerProcess
+from tests.controller.helpers import wait_until as wait_for
 
 WAIT_S = 90.0  # generous: the machine is shared and every instance boots a Python agent
 
@@ -73,3 +81,48 @@ async def make_provider(tmp_path: Path) -> AsyncIterator[Callable[..., LocalProv
     for instance in await provider.list_instances():
         await provider.terminate(instance.id)
         assert instance_processes(instance.id) == [], f"{instance.id} leaked processes"
+
+
+@pytest.fixture
+async def reconciler(db: Database, provider: object) -> AsyncIterator[Reconciler]:
+    """A reconciler on the test's cloud provider, passing every 0.2 s."""
+    r = Reconciler(db, {provider.name: provider}, interval=0.2, rng=random.Random(0))  # type: ignore[attr-defined]
+    stop = asyncio.Event()
+    task = asyncio.create_task(r.run(stop))
+    yield r
+    stop.set()
+    await task
+
+
+@pytest.fixture
+def controller_process(spotrun_home: Path) -> Iterator[Callable[..., ControllerProcess]]:
+    """`spotrun controller run` children, with the test's cloud environment; killed afterwards."""
+    started: list[ControllerProcess] = []
+
+    def start(env: dict[str, str] | None = None) -> ControllerProcess:
+        started.append(ControllerProcess(spotrun_home, env))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+CRASH_POINTS = ("after-attempt-row", "after-launch", "after-terminate")
+
+
+def crash_at_each_point(start: Callable[..., ControllerProcess], db: Database, spec: dict) -> Iterator[tuple[str, str, dict]]:
+    """For each crash point: a job, a controller SIGKILLed there, then a fresh controller that
+    finishes it; yields (point, job, its view) for the provider's own checks."""
+    from spotrun.controller import api, repo
+
+    for point in CRASH_POINTS:
+        job = api.launch({"name": point, **spec}, start_controller=False).id
+        crashed = start(env={"SPOTRUN_TEST_CRASH_AT": point})
+        assert crashed.wait_exit() == -9, crashed.output()
+        controller = start()
+        wait_for(lambda: repo.get_view(db, job)["status"] in ("SUCCEEDED", "FAILED"), what=f"{point}: the job to end")
+        controller.kill()
+        final = repo.get_view(db, job)
+        assert final["status"] == "SUCCEEDED", (point, final["reason"], controller.output())
+        yield point, job, final

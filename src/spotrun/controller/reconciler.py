@@ -480,7 +480,8 @@ class Reconciler:
             else:
                 j.errors += 1
                 tail = repo.tail_lines(repo.kept_log(job.id, a.number))
-                failed = "never booted (no heartbeat within the boot timeout)" if inst.state == InstanceState.UNBOOTED else "failed"
+                failed = "failed" if inst.state != InstanceState.UNBOOTED else "never booted" + (
+                    "" if inst.detail else " (no heartbeat within the boot timeout)")
                 repo.add_event(s, job.id, "error", f"attempt {a.number} {failed}{rc}{said}", a.number)
                 if j.errors > spec.recovery.max_errors:
                     reason = f"the command failed{rc}{said}; recovery.max_errors={spec.recovery.max_errors}"

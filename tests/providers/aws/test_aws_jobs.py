@@ -19,6 +19,7 @@ from spotrun.sdk.events import EVENTS_ENV
 
 from tests.controller.helpers import async_wait_until, wait_until
 from tests.controller.test_reconciler import live_instance, submit, view, wait_status
+from tests.providers.conftest import crash_at_each_point
 
 TRAIN = Path(__file__).resolve().parents[3] / "examples" / "train.py"
 ZONES = ["us-east-1a", "us-east-1b"]
@@ -193,15 +194,8 @@ def test_controller_killed_between_run_instances_and_its_record(
 ) -> None:
     db = Database()
     try:
-        for point in ("after-attempt-row", "after-launch", "after-terminate"):
-            job = submit({"name": point, "run": "echo survived", "resources": {"cloud": "aws"}})
-            crashed = controller_process(env={"SPOTRUN_TEST_CRASH_AT": point})
-            assert crashed.wait_exit() == -9, crashed.output()
-            controller = controller_process()
-            wait_until(lambda: view(db, job)["status"] in ("SUCCEEDED", "FAILED"), what=f"{point}: the job to end")
-            controller.kill()
-            final = view(db, job)
-            assert final["status"] == "SUCCEEDED", (point, final["reason"], controller.output())
+        for point, job, final in crash_at_each_point(controller_process, db, {  # type: ignore[arg-type]
+                "run": "echo survived", "resources": {"cloud": "aws"}}):
             launched = ec2_instances(**{"tag:spotrun:job": [job]})
             tokens = [t["Value"] for i in launched for t in i["Tags"] if t["Key"] == "spotrun:token"]
             assert len(tokens) == len(set(tokens)) == len([a for a in final["attempt_list"] if a["cause"] != "refused"])

@@ -5,22 +5,18 @@ Every endpoint is on 127.0.0.1 behind a generated kubeconfig; nothing reaches a 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
-import random
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from spotrun.controller.db import Database
-from spotrun.controller.reconciler import Reconciler
 from spotrun.providers.kubernetes import KubeConfig, KubernetesProvider
 from spotrun.providers.local.procs import instance_pids
 
-from tests.controller.helpers import ControllerProcess
 from tests.providers.kubernetes.fakeapi import FakeApiServer, Pool
 
 SPOT_LABEL = "karpenter.sh/capacity-type"
@@ -50,8 +46,9 @@ def kube(tmp_path: Path, spotrun_home: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def fast(config: KubeConfig) -> KubeConfig:
-    """Bounds a test can wait out: capacity refused after 1 s, a bad image an error after 0.5 s."""
-    return dataclasses.replace(config, schedule_timeout_s=1.0, pull_timeout_s=0.5)
+    """Bounds a test can wait out: capacity refused after 1 s, a bad image an error after 2 s
+    (creation times have one-second resolution)."""
+    return dataclasses.replace(config, schedule_timeout_s=1.0, pull_timeout_s=2.0)
 
 
 @pytest.fixture
@@ -64,27 +61,3 @@ def db(kube: FakeApiServer) -> Iterator[Database]:
     database = Database()
     yield database
     database.close()
-
-
-@pytest.fixture
-async def reconciler(db: Database, provider: KubernetesProvider) -> AsyncIterator[Reconciler]:
-    r = Reconciler(db, {"kubernetes": provider}, interval=0.2, rng=random.Random(0))
-    stop = asyncio.Event()
-    task = asyncio.create_task(r.run(stop))
-    yield r
-    stop.set()
-    await task
-
-
-@pytest.fixture
-def controller_process(spotrun_home: Path) -> Iterator[Callable[..., ControllerProcess]]:
-    """`spotrun controller run` children, configured for the fake cluster; killed afterwards."""
-    started: list[ControllerProcess] = []
-
-    def start(env: dict[str, str] | None = None) -> ControllerProcess:
-        started.append(ControllerProcess(spotrun_home, env))
-        return started[-1]
-
-    yield start
-    for proc in started:
-        proc.kill()

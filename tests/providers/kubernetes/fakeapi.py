@@ -551,6 +551,7 @@ class FakeApiServer:
         app.router.add_get(f"{core}/pods/{{name}}/log", self.pod_log)
         app.router.add_post(f"{core}/pods/{{name}}/eviction", self.evict)
         app.router.add_post(f"{core}/secrets", self.create_secret)
+        app.router.add_get(f"{core}/secrets", self.list_secrets)
         app.router.add_get(f"{core}/secrets/{{name}}", self.get_secret)
         app.router.add_put(f"{core}/secrets/{{name}}", self.replace_secret)
         app.router.add_delete(f"{core}/secrets/{{name}}", self.delete_secret)
@@ -660,6 +661,13 @@ class FakeApiServer:
     async def replace_secret(self, request: web.Request) -> web.Response:
         code, secret = self.cluster.put_secret(request.match_info["ns"], await request.json(), replace=request.match_info["name"])
         return web.json_response(secret, status=code)
+
+    async def list_secrets(self, request: web.Request) -> web.Response:
+        ns, selector = request.match_info["ns"], request.query.get("labelSelector")
+        items = [v for (n, _), v in sorted(self.cluster.secrets.items())
+                 if n == ns and matches_selector(v["metadata"].get("labels") or {}, selector)]
+        return web.json_response({"kind": "SecretList", "apiVersion": "v1",
+                                  "metadata": {"resourceVersion": str(self.cluster.rv)}, "items": items})
 
     async def get_secret(self, request: web.Request) -> web.Response:
         key = (request.match_info["ns"], request.match_info["name"])

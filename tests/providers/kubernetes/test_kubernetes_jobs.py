@@ -16,6 +16,7 @@ from spotrun.sdk.events import EVENTS_ENV
 
 from tests.controller.helpers import async_wait_until, wait_until
 from tests.controller.test_reconciler import live_instance, submit, view, wait_status
+from tests.providers.conftest import crash_at_each_point
 from tests.providers.kubernetes.fakeapi import FakeApiServer
 
 TRAIN = Path(__file__).resolve().parents[3] / "examples" / "train.py"
@@ -136,15 +137,8 @@ def test_controller_killed_at_each_crash_point_leaves_no_duplicate_or_leaked_pod
 ) -> None:
     db = Database()
     try:
-        for point in ("after-attempt-row", "after-launch", "after-terminate"):
-            job = submit({"name": point, "run": "echo survived", "resources": {"cloud": "kubernetes"}})
-            crashed = controller_process(env={"SPOTRUN_TEST_CRASH_AT": point})
-            assert crashed.wait_exit() == -9, crashed.output()
-            controller = controller_process()
-            wait_until(lambda: view(db, job)["status"] in ("SUCCEEDED", "FAILED"), what=f"{point}: the job to end")
-            controller.kill()
-            final = view(db, job)
-            assert final["status"] == "SUCCEEDED", (point, final["reason"], controller.output())
+        for point, job, final in crash_at_each_point(controller_process, db, {  # type: ignore[arg-type]
+                "run": "echo survived", "resources": {"cloud": "kubernetes"}}):
             assert len(final["attempt_list"]) == 1
             assert len(created(kube, job)) == 1, point  # the relaunch found the first pod (409) instead of a second
             wait_until(lambda: left(kube) == ([], []), what=f"{point}: the pod and its Secret deleted")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,22 @@ async def test_a_repeated_launch_returns_the_same_pod(kube: FakeApiServer, provi
     assert again.id == first.id and again.token == "job1-0001"
     assert kube.cluster.requests["create pods"] == 2 and len(kube.cluster.pods) == 1  # the second got a 409
     await provider.terminate(first.id)
+
+
+async def test_the_leak_sweep_deletes_secrets_no_pod_took(kube: FakeApiServer, provider: KubernetesProvider) -> None:
+    live = await provider.launch(request())
+    from tests.providers.kubernetes.fakeapi import now_iso
+
+    def orphan(name: str, age_s: float) -> None:
+        kube.cluster.secrets[("spotrun", name)] = {"apiVersion": "v1", "kind": "Secret", "data": {}, "metadata": {
+            "name": name, "namespace": "spotrun", "labels": {"app.kubernetes.io/managed-by": "spotrun"},
+            "creationTimestamp": now_iso(time.time() - age_s)}}
+
+    kube.do(orphan, "spotrun-old-a1-0000000000", 3600)  # its controller died before the pod; the job was cancelled
+    kube.do(orphan, "spotrun-new-a1-0000000000", 5)  # a launch under way
+    await provider.list_instances()  # what the controller's leak sweep calls
+    assert sorted(n for _, n in kube.cluster.secrets) == sorted(["spotrun-new-a1-0000000000", live.id.partition("/")[2]])
+    await provider.terminate(live.id)
 
 
 async def test_bad_input_fails_in_one_line(tmp_path: Path, kube: FakeApiServer, provider: KubernetesProvider) -> None:

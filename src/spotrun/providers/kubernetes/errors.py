@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-RBAC = "apply the Role in docs/kubernetes.md (pods: create, get, list, delete; pods/log: get; secrets: create, update)"
+RBAC = "apply the Role in docs/kubernetes.md (pods: create, get, list, delete; pods/log: get; secrets: create, update, list, delete)"
 
 
 def _said(exc: object) -> str:

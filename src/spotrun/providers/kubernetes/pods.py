@@ -155,15 +155,16 @@ def manifest(request: LaunchRequest, plan: PodPlan) -> dict:
             "spec": {k: v for k, v in spec.items() if v not in ({}, [])}}
 
 
-def secret_manifest(request: LaunchRequest, plan: PodPlan, status_store: str, pod: dict) -> dict:
-    """The attempt's store URL(s) and secrets, which the pod reads by `secretKeyRef`. Owned by the
-    pod, so Kubernetes' garbage collector deletes it with the pod: none is ever left behind."""
+def secret_manifest(request: LaunchRequest, plan: PodPlan, status_store: str, pod: dict | None = None) -> dict:
+    """The attempt's store URL(s) and secrets, which the pod reads by `secretKeyRef`. Made before
+    the pod (kubelet would back off ~10 s from a pod whose Secret is missing), then owned by it,
+    so Kubernetes' garbage collector deletes it with the pod."""
     import base64
 
     values = {**request.secrets, "SPOTRUN_STATUS_STORE": status_store}
-    owner = {"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}
+    owners = [{"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}] if pod else []
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": plan.secret, "ownerReferences": [owner],
+            "metadata": {"name": plan.secret, **({"ownerReferences": owners} if owners else {}),
                          "labels": {"app.kubernetes.io/managed-by": "spotrun", LABEL_JOB: label_value(request.job_id),
                                     LABEL_TOKEN: token_label(request.token)}},
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}}

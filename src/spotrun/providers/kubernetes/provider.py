@@ -39,6 +39,8 @@ FLEET_TTL_S = 1.0  # observations this close share one LIST: one per pass at the
 SCHEDULE_POLL_S = 0.2
 REQUEST_TIMEOUT_S = 30.0
 LOG_LIMIT_BYTES = 8 * 1024 * 1024  # an attempt's log kept by the controller: its last 8 MiB
+SECRET_SWEEP_S = 60.0
+ORPHAN_SECRET_S = 300.0  # a Secret whose pod was never made, this long after: a launch that will not come back
 DEFAULT_GRACE_S = 30  # Kubernetes' own default terminationGracePeriodSeconds
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -80,6 +82,7 @@ class KubernetesProvider:
         self._deleted: set[str] = set()  # pods this provider deleted: their end is ours, not the cloud's
         self._logged: set[str] = set()  # pods whose final log is kept
         self._ended_seen: dict[str, float] = {}
+        self._swept_at = -SECRET_SWEEP_S
 
     @property
     def store_url(self) -> str:
@@ -168,6 +171,7 @@ class KubernetesProvider:
         plan = self._plan(request)
         self._places.add((context, namespace))
         try:
+            await self._put_secret(context, namespace, pods.secret_manifest(request, plan, self.config.store))
             try:
                 pod = await self._call(context, "create_namespaced_pod", namespace, pods.manifest(request, plan))
             except Exception as exc:
@@ -176,7 +180,8 @@ class KubernetesProvider:
                 pod = await self._call(context, "read_namespaced_pod", plan.name, namespace)
                 if (pod["metadata"].get("annotations") or {}).get(pods.NOTE_TOKEN) != request.token:
                     raise ValueError(f"pod {namespace}/{plan.name} exists and is not this attempt's: delete it") from None
-            await self._put_secret(context, namespace, pods.secret_manifest(request, plan, self.config.store, pod))
+            owned = pods.secret_manifest(request, plan, self.config.store, pod)
+            await self._call(context, "replace_namespaced_secret", plan.secret, namespace, owned)
         except Exception as exc:
             raise errors.translate(exc, namespace) from None
         self._fleet = None
@@ -264,8 +269,30 @@ class KubernetesProvider:
         return fleet.instances.get(instance_id) or self._vanished(instance_id, fleet.statuses)
 
     async def list_instances(self, job_id: str | None = None) -> list[Instance]:
-        found = [i for i in (await self._snapshot()).instances.values() if job_id is None or i.job_id == job_id]
+        fleet = await self._snapshot()
+        if job_id is None:  # the controller's leak sweep
+            await self._sweep_secrets(fleet)
+        found = [i for i in fleet.instances.values() if job_id is None or i.job_id == job_id]
         return sorted(found, key=lambda i: i.launched_at or 0.0)
+
+    async def _sweep_secrets(self, fleet: _Fleet) -> None:
+        """Delete attempt Secrets no pod ever owned (a controller killed between the Secret and its
+        pod, and the attempt cancelled meanwhile); at most once a minute, one LIST per namespace."""
+        if time.monotonic() - self._swept_at < SECRET_SWEEP_S:
+            return
+        self._swept_at = time.monotonic()
+        for context, namespace in sorted(self._places, key=lambda p: (p[0] or "", p[1])):
+            try:
+                found = await self._call(context, "list_namespaced_secret", namespace, label_selector=pods.MANAGED)
+                for secret in found.get("items") or []:
+                    meta = secret["metadata"]
+                    iid = instance_id(context, namespace, meta["name"])
+                    age = time.time() - (pods.when(meta.get("creationTimestamp")) or time.time())
+                    if not meta.get("ownerReferences") and iid not in fleet.raw and age > ORPHAN_SECRET_S:
+                        log.warning("deleting Secret %s: no pod took it", iid)
+                        await self._call(context, "delete_namespaced_secret", meta["name"], namespace)
+            except Exception as exc:  # noqa: BLE001  best effort; the next sweep tries again
+                log.warning("could not sweep the Secrets of %s: %s", namespace, getattr(exc, "reason", exc))
 
     def _to_instance(self, context: str | None, namespace: str, pod: dict, statuses: dict[tuple[str, int], Status]) -> Instance:
         meta = pod["metadata"]
