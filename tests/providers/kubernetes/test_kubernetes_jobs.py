@@ -110,6 +110,20 @@ async def test_oomkilled_is_an_error_and_an_eviction_a_reclaim(
     await async_wait_until(lambda: left(kube) == ([], []), what="the cancelled pod and its Secret deleted")
 
 
+async def test_a_node_lost_without_a_word_is_a_reclaim(db: Database, kube: FakeApiServer, reconciler: object) -> None:
+    job = submit({"run": "sleep 600", "resources": {"cloud": "kubernetes"}, "recovery": FAST})
+    await wait_status(db, job, "RUNNING")
+    first = live_instance(db, job)
+    kube.call(kube.cluster.lose_node(pod_of(kube, first)["spec"]["nodeName"]))  # no shutdown; PodGC deletes the pod
+    await async_wait_until(lambda: view(db, job)["reclaims"] == 1, what="the lost pod to count as a reclaim")
+    lost = next(e["message"] for e in view(db, job)["events"] if e["kind"] == "reclaim")
+    assert "the pod is gone" in lost and view(db, job)["errors"] == 0
+    await async_wait_until(lambda: live_instance(db, job) not in (None, first), what="the replacement pod")
+    repo.request_cancel(db, job)
+    await wait_status(db, job, "CANCELLED")
+    await async_wait_until(lambda: left(kube) == ([], []), what="no pod left")
+
+
 async def test_unschedulable_spot_goes_on_demand_under_auto(db: Database, kube: FakeApiServer, reconciler: object) -> None:
     kube.cluster.pools["spot"].available = False  # no spot capacity anywhere
     job = submit({"run": "echo on-demand", "resources": {"cloud": "kubernetes", "spot": "auto"}, "recovery": FAST})
