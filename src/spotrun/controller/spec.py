@@ -235,6 +235,23 @@ def _label_map(value: Any) -> Any:
     return value
 
 
+def _number_text(value: Any) -> Any:
+    """A quantity may be written as a YAML number (`cpu: 4`); the API takes it as a string."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _matching(pattern: str, example: str) -> Any:
+    """A validator that names a right value instead of quoting the regular expression."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(f"{value!r} is not valid here; write it like {example}")
+        return value
+
+    return AfterValidator(check)
+
+
 class Toleration(_Section):
     """A pod toleration, in the API's own field names."""
 
@@ -249,7 +266,7 @@ class KubernetesSection(_Section):
     """Where and how the pods run on the kubernetes provider; all optional (docs/kubernetes.md)."""
 
     context: Text | None = None  # a kubeconfig context; default the controller's (SPOTRUN_KUBERNETES_CONTEXT)
-    namespace: Text | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    namespace: Annotated[Text, _matching(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", "ml-team (lower-case letters, digits, -)")] | None = None
     image: Text | None = None  # must have spotrun (and bash); default SPOTRUN_KUBERNETES_IMAGE
     agent: Text | None = None  # the command that is spotrun in the image, default `spotrun`
     cluster: Literal["eks", "karpenter", "gke", "aks", "none"] | None = None  # how spot nodes are labelled
@@ -257,8 +274,8 @@ class KubernetesSection(_Section):
     tolerations: list[Toleration] = Field(default_factory=list, max_length=100)
     service_account: Text | None = None
     image_pull_secrets: list[Text] = Field(default_factory=list, max_length=20)
-    cpu: float | Text | None = None  # a request, e.g. 4 or 500m
-    memory: Text | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?|[mk])?$")  # e.g. 16Gi
+    cpu: Annotated[Text, BeforeValidator(_number_text), _matching(r"[0-9]+(\.[0-9]+)?m?", "4, 0.5 or 500m")] | None = None
+    memory: Annotated[Text, _matching(r"[0-9]+(\.[0-9]+)?([EPTGMK]i?|k)?", "16Gi or 512Mi")] | None = None
     gpus: int | None = Field(default=None, ge=0, le=64)
     gpu_resource: Text = "nvidia.com/gpu"
     schedule_timeout: PositiveDuration | None = None  # unschedulable this long: no capacity (default 5m)

@@ -231,7 +231,7 @@ class FakeCluster:
         return pod
 
     async def _finish_deletion(self, pod: dict, grace: float) -> None:
-        await self._stop_container(pod, grace, "Error")
+        await self._stop_container(pod, grace)
         key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
         if self.pods.get(key) is pod:
             del self.pods[key]
@@ -426,7 +426,7 @@ class FakeCluster:
                 return
             await asyncio.sleep(TICK_S)
 
-    async def _stop_container(self, pod: dict, grace: float, why: str, reason: str | None = None,
+    async def _stop_container(self, pod: dict, grace: float, reason: str | None = None,
                               message: str | None = None) -> None:
         """SIGTERM to the container's main process, SIGKILL to all of it after `grace`."""
         uid = pod["metadata"]["uid"]
@@ -473,7 +473,7 @@ class FakeCluster:
             self._condition(pod, "DisruptionTarget", "True", "TerminationByKubelet", SHUTDOWN_MESSAGE)
             self._pod_event("MODIFIED", pod)
         await asyncio.gather(*(self._stop_container(
-            p, min(p["spec"]["terminationGracePeriodSeconds"], self.shutdown_grace_s), "Error", "Terminated",
+            p, min(p["spec"]["terminationGracePeriodSeconds"], self.shutdown_grace_s), "Terminated",
             SHUTDOWN_MESSAGE) for p in victims))
         for pod in victims:
             if pod["status"]["phase"] == "Pending":

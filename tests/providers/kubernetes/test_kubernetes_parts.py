@@ -52,12 +52,13 @@ def test_job_spec_section_and_its_errors_in_one_line() -> None:
                                       "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}})
     settings = spec.cloud_settings(None)["kubernetes"]
     assert settings["node_selector"] == {"pool": "a100", "fast": "true"} and settings["image_pull_secrets"] == ["regcred"]
-    for bad, words in (({"namespace": "Not_A_Name"}, "kubernetes.namespace: String should match pattern"),
+    for bad, words in (({"namespace": "Not_A_Name"}, "kubernetes.namespace: 'Not_A_Name' is not valid here; write it like ml-team"),
                        ({"namspace": "x"}, "did you mean 'namespace'"),
                        ({"tolerations": [{"key": "a", "operator": "Maybe"}]}, "kubernetes.tolerations.0.operator"),
                        ({"node_selector": {"pool": ["a"]}}, "node_selector maps label names to values"),
                        ({"cluster": "eks-spot"}, "kubernetes.cluster"),
-                       ({"memory": "lots"}, "kubernetes.memory")):
+                       ({"memory": "lots"}, "kubernetes.memory: 'lots' is not valid here; write it like 16Gi"),
+                       ({"cpu": "four"}, "kubernetes.cpu: 'four' is not valid here; write it like 4, 0.5 or 500m")):
         with pytest.raises(SpecError) as err:
             parse_spec({"run": "x", "resources": {"cloud": "kubernetes"}, "kubernetes": bad})
         assert words in str(err.value) and len(err.value.problems) == 1, str(err.value)

@@ -38,7 +38,6 @@ class KubeConfig:
     stale_after_s: float = 90.0  # heartbeat this old: the pod is lost
     schedule_timeout_s: float = 300.0  # unschedulable this long: no capacity, the launch is refused
     pull_timeout_s: float = 120.0  # image / config errors this long after creation: the user's error
-    heartbeat_s: float = 5.0
     kubeconfig: str | None = None  # None: KUBECONFIG / ~/.kube/config, or in-cluster
 
     @classmethod
