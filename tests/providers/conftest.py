@@ -21,6 +21,7 @@ from spotrun.providers.local import LocalProvider, MarketConfig
 from tests.controller.helpers import ControllerProcess
 from tests.controller.helpers import wait_until as wait_for
 
+TRAIN = Path(__file__).resolve().parents[2] / "examples" / "train.py"
 WAIT_S = 90.0  # generous: the machine is shared and every instance boots a Python agent
 
 
@@ -126,3 +127,32 @@ def crash_at_each_point(start: Callable[..., ControllerProcess], db: Database, s
         final = repo.get_view(db, job)
         assert final["status"] == "SUCCEEDED", (point, final["reason"], controller.output())
         yield point, job, final
+
+
+async def reclaimed_three_times(db: Database, out: Path, job: str, name: str, steps: int,
+                                reclaim: Callable[[str], None]) -> dict:
+    """Reclaim a running examples/train.py job three times, each after progress, and let it end:
+    its weights must be those of an uninterrupted run. Returns the job's final view."""
+    import json
+    import sys
+
+    from spotrun.controller import repo
+    from spotrun.controller.demo import read_progress
+
+    from tests.controller.helpers import async_wait_until
+    from tests.controller.test_reconciler import live_instance, wait_status
+
+    for n in range(3):
+        await async_wait_until(
+            lambda: repo.get_view(db, job)["attempts"] == n + 1 and len(read_progress(out, name).lost) == n
+            and read_progress(out, name).step >= 10 * (n + 1),
+            what=f"attempt {n + 1} to make progress")
+        reclaim(live_instance(db, job))  # type: ignore[arg-type]
+        await async_wait_until(lambda: repo.get_view(db, job)["reclaims"] == n + 1, what=f"reclaim {n + 1} to be seen")
+    final = await wait_status(db, job, "SUCCEEDED", "FAILED")
+    assert final["status"] == "SUCCEEDED", final["reason"]
+    plain = out / "plain.json"
+    subprocess.run([sys.executable, str(TRAIN), "--steps", str(steps), "--output", str(plain)], check=True,
+                   capture_output=True, cwd=out)
+    assert json.loads((out / f"{name}.json").read_text())["weights_sha256"] == json.loads(plain.read_text())["weights_sha256"]
+    return final

@@ -4,22 +4,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 from spotrun.controller import repo
 from spotrun.controller.db import Database
-from spotrun.controller.demo import read_progress
 from spotrun.providers.kubernetes import KubernetesProvider
 from spotrun.sdk.events import EVENTS_ENV
 
 from tests.controller.helpers import async_wait_until, wait_until
 from tests.controller.test_reconciler import live_instance, submit, view, wait_status
-from tests.providers.conftest import crash_at_each_point
+from tests.providers.conftest import TRAIN, crash_at_each_point, reclaimed_three_times
 from tests.providers.kubernetes.fakeapi import FakeApiServer
 
-TRAIN = Path(__file__).resolve().parents[3] / "examples" / "train.py"
 FAST = {"backoff": {"base": "50ms", "max": "200ms"}}
 
 
@@ -54,22 +51,12 @@ def train_job(out: Path, name: str, steps: int, step_time: float) -> dict:
 async def test_three_node_reclaims_end_like_an_uninterrupted_run(
     tmp_path: Path, db: Database, kube: FakeApiServer, reconciler: object
 ) -> None:
-    steps = 60
-    job = submit(train_job(tmp_path, "hit", steps, 0.05))
-    for n in range(3):
-        await async_wait_until(
-            lambda: view(db, job)["attempts"] == n + 1 and read_progress(tmp_path, "hit").step >= 10 * (n + 1),
-            what=f"attempt {n + 1} to make progress")
-        node = pod_of(kube, live_instance(db, job))["spec"]["nodeName"]
-        kube.call(kube.cluster.reclaim_node(node))
-        await async_wait_until(lambda: view(db, job)["reclaims"] == n + 1, what=f"reclaim {n + 1} to be seen")
-    final = await wait_status(db, job, "SUCCEEDED", "FAILED")
-    assert final["status"] == "SUCCEEDED", final["reason"]
+    job = submit(train_job(tmp_path, "hit", 60, 0.05))
 
-    plain = tmp_path / "plain.json"
-    subprocess.run([sys.executable, str(TRAIN), "--steps", str(steps), "--output", str(plain)], check=True,
-                   capture_output=True, cwd=tmp_path)
-    assert json.loads((tmp_path / "hit.json").read_text())["weights_sha256"] == json.loads(plain.read_text())["weights_sha256"]
+    def reclaim(instance: str) -> None:
+        kube.call(kube.cluster.reclaim_node(pod_of(kube, instance)["spec"]["nodeName"]))
+
+    final = await reclaimed_three_times(db, tmp_path, job, "hit", 60, reclaim)
     attempts = final["attempt_list"]
     assert [a["cause"] for a in attempts] == ["reclaim", "reclaim", "reclaim", "success"]
     assert {a["exit_status"] for a in attempts[:3]} == {75}  # the agent heard kubelet's SIGTERM and saved work
