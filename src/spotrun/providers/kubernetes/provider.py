@@ -38,7 +38,7 @@ STATUS_RETRY_S = 2.0
 FLEET_TTL_S = 1.0  # observations this close share one LIST: one per pass at the default 1 s interval
 SCHEDULE_POLL_S = 0.2
 REQUEST_TIMEOUT_S = 30.0
-LOG_LIMIT_BYTES = 8 * 1024 * 1024  # an attempt's log kept by the controller: its last 8 MiB
+LOG_TAIL_LINES, LOG_LIMIT_BYTES = 100_000, 8 * 1024 * 1024  # an attempt's log the controller keeps: its end
 SECRET_SWEEP_S = 60.0
 ORPHAN_SECRET_S = 300.0  # a Secret whose pod was never made, this long after: a launch that will not come back
 DEFAULT_GRACE_S = 30  # Kubernetes' own default terminationGracePeriodSeconds
@@ -238,7 +238,6 @@ class KubernetesProvider:
                 instances[inst.id], raw[inst.id] = inst, pod
         ended = [i for i in instances.values() if i.state in ENDED and i.id not in self._logged]
         await asyncio.gather(*(self._keep_log(i.id) for i in ended))
-        instances = {k: (_with_log(v, self._log_path(k)) if k in self._logged else v) for k, v in instances.items()}
         return _Fleet(time.monotonic(), instances, raw, statuses)
 
     async def _status_or_none(self) -> dict[tuple[str, int], Status]:
@@ -320,7 +319,7 @@ class KubernetesProvider:
         # silence ended it (no heartbeat). The agent's exit status speaks for itself.
         detail = reason or (seen.detail if seen.state in ENDED and seen.returncode is None else "")
         return Instance(id=iid, state=seen.state, returncode=seen.returncode, ended_at=ended, detail=detail,
-                        price_per_hour=float(price) if price else None, **fields)
+                        price_per_hour=float(price) if price else None, log_path=self._log_path(iid), **fields)
 
     def _vanished(self, iid: str, statuses: dict[tuple[str, int], Status]) -> Instance:
         """A pod the API no longer has: deleted by us, by a drain, or with its node (PodGC)."""
@@ -332,9 +331,8 @@ class KubernetesProvider:
         status = statuses.get((job_id, attempt))
         seen = outcome(InstanceState.TERMINATED if ours else InstanceState.GONE, reason, status, launched_at=now,
                        now=now, boot_timeout_s=self.config.boot_timeout_s, stale_after_s=self.config.stale_after_s)
-        inst = self._instance(iid, seen, reason, status, now, token="", job_id=job_id, attempt=attempt, spot=False,
+        return self._instance(iid, seen, reason, status, now, token="", job_id=job_id, attempt=attempt, spot=False,
                               price=None, ended_at=None)
-        return _with_log(inst, self._log_path(iid)) if iid in self._logged else inst
 
     # --- logs ------------------------------------------------------------------------------
 
@@ -343,12 +341,13 @@ class KubernetesProvider:
         return str(self.root / "logs" / (context or "_").replace("/", "_") / namespace / f"{name}.log")
 
     async def _keep_log(self, iid: str) -> None:
-        """The pod's log, kept before the pod (and the log with it) is deleted; best effort, as a
-        node that went takes its logs along."""
+        """The pod's log (`Instance.log_path`), read once it ended and again just before the pod
+        (and its log) is deleted; best effort: a node that went takes its logs along, and then
+        the copy read before is kept."""
         context, namespace, name = parse_id(iid)
         try:
             data = await self._call(context, "read_namespaced_pod_log", name, namespace, container=pods.CONTAINER,
-                                    limit_bytes=LOG_LIMIT_BYTES)
+                                    tail_lines=LOG_TAIL_LINES, limit_bytes=LOG_LIMIT_BYTES)
         except Exception as exc:  # noqa: BLE001
             log.info("no log for pod %s: %s", iid, getattr(exc, "reason", exc))
             data = b""
@@ -356,8 +355,9 @@ class KubernetesProvider:
 
         path = Path(self._log_path(iid))
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open_private(path, "wb") as f:
-            f.write(data)
+        if data or not path.exists():
+            with open_private(path, "wb") as f:
+                f.write(data)
         self._logged.add(iid)
 
     # --- stop ------------------------------------------------------------------------------
@@ -367,8 +367,7 @@ class KubernetesProvider:
         if instance_id in self._deleted:
             return
         context, namespace, name = parse_id(instance_id)
-        if instance_id not in self._logged:
-            await self._keep_log(instance_id)
+        await self._keep_log(instance_id)
         try:
             await self._call(context, "delete_namespaced_pod", name, namespace)
         except Exception as exc:
@@ -391,9 +390,3 @@ class KubernetesProvider:
 def _in_cluster() -> bool:
     """A controller in a pod with no kubeconfig of its own uses the pod's service account."""
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not (Path.home() / ".kube" / "config").exists()
-
-
-def _with_log(inst: Instance, path: str) -> Instance:
-    from dataclasses import replace
-
-    return replace(inst, log_path=path)
