@@ -95,7 +95,11 @@ def prepare_spec(spec: JobSpec | str | Path | dict) -> JobSpec:
             else:
                 from spotrun.providers.kubernetes.config import KubeConfig
 
-                KubeConfig.from_env()
+                image = KubeConfig.from_env().image or job.resources.image or (job.kubernetes and job.kubernetes.image)
+                if not image:
+                    problems.append("kubernetes.image: required (or SPOTRUN_KUBERNETES_IMAGE): an image with spotrun installed")
+                if job.workdir is not None:
+                    problems.append("workdir: not copied into pods on kubernetes; build the code into kubernetes.image")
         except ValueError as exc:
             problems.append(f"resources.cloud: {exc}")
     if job.workdir is not None:

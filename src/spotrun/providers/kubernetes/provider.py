@@ -58,6 +58,7 @@ def parse_id(iid: str) -> tuple[str | None, str, str]:
 
 @dataclass(frozen=True)
 class _Fleet:
+    started: float  # monotonic, when its LIST began: a pod made after it cannot be in it
     at: float
     instances: dict[str, Instance]
     raw: dict[str, dict]
@@ -185,10 +186,11 @@ class KubernetesProvider:
         except Exception as exc:
             raise errors.translate(exc, namespace) from None
         self._fleet = None
+        made = time.monotonic()
         iid = instance_id(context, namespace, plan.name)
         log.info("created pod %s for %s attempt %d", iid, request.job_id, request.attempt)
         timeout = (request.cloud.get("kubernetes") or {}).get("schedule_timeout") or self.config.schedule_timeout_s
-        pod = await self._until_scheduled(iid, pod, timeout)
+        pod = await self._until_scheduled(iid, pod, timeout, made)
         return self._to_instance(context, namespace, pod, {})
 
     async def _put_secret(self, context: str | None, namespace: str, body: dict) -> None:
@@ -200,7 +202,7 @@ class KubernetesProvider:
                 raise
             await self._call(context, "replace_namespaced_secret", body["metadata"]["name"], namespace, body)
 
-    async def _until_scheduled(self, iid: str, pod: dict, timeout_s: float) -> dict:
+    async def _until_scheduled(self, iid: str, pod: dict, timeout_s: float, made: float) -> dict:
         created = pods.when(pod["metadata"].get("creationTimestamp")) or time.time()
         while not pods.scheduled(pod) and (pod.get("status") or {}).get("phase", "Pending") == "Pending":
             if time.time() - created > timeout_s:
@@ -209,9 +211,10 @@ class KubernetesProvider:
                 raise LaunchRefused(f"no node took pod {iid} within {timeout_s:g}s (no spot capacity?): {why}")
             await asyncio.sleep(SCHEDULE_POLL_S)
             fleet = await self._snapshot()
-            if iid not in fleet.raw:
+            if iid in fleet.raw:
+                pod = fleet.raw[iid]
+            elif fleet.started > made:  # else a LIST begun before the pod was made: look again
                 raise LaunchRefused(f"pod {iid} was deleted before a node took it")
-            pod = fleet.raw[iid]
         return pod
 
     # --- observe ---------------------------------------------------------------------------
@@ -228,6 +231,7 @@ class KubernetesProvider:
 
     async def _observe(self) -> _Fleet:
         """Every spotrun pod in every namespace in use, and every status record: one pass's view."""
+        started = time.monotonic()
         places = sorted(self._places, key=lambda p: (p[0] or "", p[1]))
         found, statuses = await asyncio.gather(asyncio.gather(*(self._list(c, n) for c, n in places)),
                                                self._status_or_none())
@@ -238,7 +242,7 @@ class KubernetesProvider:
                 instances[inst.id], raw[inst.id] = inst, pod
         ended = [i for i in instances.values() if i.state in ENDED and i.id not in self._logged]
         await asyncio.gather(*(self._keep_log(i.id) for i in ended))
-        return _Fleet(time.monotonic(), instances, raw, statuses)
+        return _Fleet(started, time.monotonic(), instances, raw, statuses)
 
     async def _status_or_none(self) -> dict[tuple[str, int], Status]:
         try:
