@@ -182,6 +182,19 @@ def test_the_fake_speaks_the_api_as_the_official_models_read_it(kube: FakeApiSer
     assert unknown_ns.value.status == 404 and json.loads(unknown_ns.value.body)["message"] == 'namespaces "nope" not found'
 
 
+def test_a_job_the_pods_cannot_run_is_refused_at_submit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spotrun.controller.api import prepare_spec
+
+    monkeypatch.setenv("SPOTRUN_KUBERNETES_STORE", "s3://b/p")
+    monkeypatch.delenv("SPOTRUN_KUBERNETES_IMAGE", raising=False)
+    with pytest.raises(SpecError) as err:
+        prepare_spec({"run": "x", "workdir": str(tmp_path), "resources": {"cloud": "kubernetes"}})
+    assert err.value.problems == [
+        "kubernetes.image: required (or SPOTRUN_KUBERNETES_IMAGE): an image with spotrun installed",
+        "workdir: not copied into pods on kubernetes; build the code into kubernetes.image"]
+    assert prepare_spec({"run": "x", "resources": {"cloud": "kubernetes"}, "kubernetes": {"image": "i"}}).kubernetes.image == "i"
+
+
 def test_kubeconfig_and_store_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SPOTRUN_KUBERNETES_STORE", raising=False)
     with pytest.raises(ValueError, match="SPOTRUN_KUBERNETES_STORE=s3://"):
