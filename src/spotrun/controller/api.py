@@ -18,7 +18,7 @@ from spotrun.controller.models import JobStatus
 from spotrun.controller.spec import JobSpec, SpecError, load_spec, parse_spec
 from spotrun.redact import redact_url
 
-KNOWN_PROVIDERS = ("local", "aws", "sim")
+KNOWN_PROVIDERS = ("local", "aws", "kubernetes", "sim")
 STORE_SCHEMES = ("file", "s3", "gs", "az", "azure", "abfs", "memory")
 
 
@@ -86,11 +86,20 @@ def prepare_spec(spec: JobSpec | str | Path | dict) -> JobSpec:
     problems = []
     if job.resources.provider not in KNOWN_PROVIDERS:
         problems.append(f"resources.provider: unknown provider {job.resources.provider!r} (available: {', '.join(KNOWN_PROVIDERS)})")
-    if job.resources.provider == "aws":
-        from spotrun.providers.aws import AwsConfig
-
+    if job.resources.provider in ("aws", "kubernetes"):  # the controller's configuration, in one line
         try:
-            AwsConfig.from_env()
+            if job.resources.provider == "aws":
+                from spotrun.providers.aws.config import AwsConfig
+
+                AwsConfig.from_env()
+            else:
+                from spotrun.providers.kubernetes.config import KubeConfig
+
+                image = KubeConfig.from_env().image or job.resources.image or (job.kubernetes and job.kubernetes.image)
+                if not image:
+                    problems.append("kubernetes.image: required (or SPOTRUN_KUBERNETES_IMAGE): an image with spotrun installed")
+                if job.workdir is not None:
+                    problems.append("workdir: not copied into pods on kubernetes; build the code into kubernetes.image")
         except ValueError as exc:
             problems.append(f"resources.cloud: {exc}")
     if job.resources.provider == "sim":

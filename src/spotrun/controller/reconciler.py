@@ -637,6 +637,7 @@ class Reconciler:
                 cause = Cause.SWITCH  # we stopped it: however it exited, that is not the cloud's or the user's doing
             self._close(a, j, inst.ended_at or now, cause, inst.returncode)
             rc = "" if inst.returncode is None else f" (exit {inst.returncode})"
+            said = f": {inst.detail}" if inst.detail else ""  # the cloud's words: OOMKilled, evicted, ...
             if cause == Cause.SUCCESS:
                 repo.add_event(s, job.id, "succeeded", f"attempt {a.number} completed", a.number)
                 self._set_finished(s, j, JobStatus.SUCCEEDED, None)
@@ -647,7 +648,7 @@ class Reconciler:
             elif cause == Cause.RECLAIM:
                 j.reclaims += 1
                 how = "reclaimed" if inst.state != InstanceState.GONE else "lost (no heartbeat)"
-                repo.add_event(s, job.id, "reclaim", f"attempt {a.number} {how}{rc}", a.number)
+                repo.add_event(s, job.id, "reclaim", f"attempt {a.number} {how}{rc}{said}", a.number)
                 if j.reclaims > spec.recovery.max_reclaims:
                     self._set_finished(s, j, JobStatus.FAILED, f"reclaimed {j.reclaims} times, over recovery.max_reclaims={spec.recovery.max_reclaims}")
                 else:
@@ -658,10 +659,11 @@ class Reconciler:
             else:
                 j.errors += 1
                 tail = repo.tail_lines(repo.kept_log(job.id, a.number))
-                failed = "never booted (no heartbeat within the boot timeout)" if inst.state == InstanceState.UNBOOTED else "failed"
-                repo.add_event(s, job.id, "error", f"attempt {a.number} {failed}{rc}", a.number)
+                failed = "failed" if inst.state != InstanceState.UNBOOTED else "never booted" + (
+                    "" if inst.detail else " (no heartbeat within the boot timeout)")
+                repo.add_event(s, job.id, "error", f"attempt {a.number} {failed}{rc}{said}", a.number)
                 if j.errors > spec.recovery.max_errors:
-                    reason = f"the command failed{rc}; recovery.max_errors={spec.recovery.max_errors}"
+                    reason = f"the command failed{rc}{said}; recovery.max_errors={spec.recovery.max_errors}"
                     if tail:
                         reason += "; last log lines:\n" + "\n".join(tail)
                     self._set_finished(s, j, JobStatus.FAILED, reason)

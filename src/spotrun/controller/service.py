@@ -124,6 +124,11 @@ def make_providers(market: Any = None) -> dict[str, Any]:
         from spotrun.providers.aws import AwsConfig, AwsProvider
 
         providers["aws"] = AwsProvider(AwsConfig.from_env())
+    if os.environ.get("SPOTRUN_KUBERNETES_STORE"):  # configured: see docs/kubernetes.md
+        require("kubernetes", "the kubernetes provider (SPOTRUN_KUBERNETES_STORE is set)")
+        from spotrun.providers.kubernetes import KubeConfig, KubernetesProvider
+
+        providers["kubernetes"] = KubernetesProvider(KubeConfig.from_env())
     from spotrun.providers.sim import SimConfig, SimProvider
 
     providers["sim"] = SimProvider(SimConfig.from_env())  # in memory: costs nothing until a job uses it

@@ -226,6 +226,66 @@ class AwsSection(_Section):
     install: Text | None = None  # pip:<requirement> or python:<path>; default the controller's version
 
 
+def _label_map(value: Any) -> Any:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not isinstance(item, (str, bool, int)) or isinstance(item, float):
+                raise ValueError(f"{key!r}: node_selector maps label names to values, e.g. {{disktype: ssd}}")
+        return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+    return value
+
+
+def _number_text(value: Any) -> Any:
+    """A quantity may be written as a YAML number (`cpu: 4`); the API takes it as a string."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _matching(pattern: str, example: str) -> Any:
+    """A validator that names a right value instead of quoting the regular expression."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(f"{value!r} is not valid here; write it like {example}")
+        return value
+
+    return AfterValidator(check)
+
+
+class Toleration(_Section):
+    """A pod toleration, in the API's own field names."""
+
+    key: Text | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: Text | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    tolerationSeconds: int | None = Field(default=None, ge=0)  # noqa: N815  the API's spelling
+
+
+class KubernetesSection(_Section):
+    """Where and how the pods run on the kubernetes provider; all optional (docs/kubernetes.md)."""
+
+    context: Text | None = None  # a kubeconfig context; default the controller's (SPOTRUN_KUBERNETES_CONTEXT)
+    namespace: Annotated[Text, _matching(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", "ml-team (lower-case letters, digits, -)")] | None = None
+    image: Text | None = None  # must have spotrun (and bash); default SPOTRUN_KUBERNETES_IMAGE
+    agent: Text | None = None  # the command that is spotrun in the image, default `spotrun`
+    cluster: Literal["eks", "karpenter", "gke", "aks", "none"] | None = None  # how spot nodes are labelled
+    node_selector: Annotated[dict[Text, Text], BeforeValidator(_label_map)] = Field(default_factory=dict, max_length=100)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=100)
+    service_account: Text | None = None
+    image_pull_secrets: list[Text] = Field(default_factory=list, max_length=20)
+    cpu: Annotated[Text, BeforeValidator(_number_text), _matching(r"[0-9]+(\.[0-9]+)?m?", "4, 0.5 or 500m")] | None = None
+    memory: Annotated[Text, _matching(r"[0-9]+(\.[0-9]+)?([EPTGMK]i?|k)?", "16Gi or 512Mi")] | None = None
+    gpus: int | None = Field(default=None, ge=0, le=64)
+    gpu_resource: Text = "nvidia.com/gpu"
+    schedule_timeout: PositiveDuration | None = None  # unschedulable this long: no capacity (default 5m)
+
+    @field_validator("image_pull_secrets", mode="before")
+    @classmethod
+    def _pull_secrets(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
 class SimSection(_Section):
     """What a job does on the sim provider, which runs no command (docs/sim.md)."""
 
@@ -310,6 +370,7 @@ class JobSpec(_Section):
     aws: AwsSection | None = None
     sim: SimSection | None = None
     sweep: Sweep | None = None
+    kubernetes: KubernetesSection | None = None
     on_success: Literal["keep", "delete"] = "keep"
 
     @field_validator("run")
@@ -360,6 +421,9 @@ class JobSpec(_Section):
             settings["install"] = self.aws.install
         if self.sim is not None:
             settings["sim"] = self.sim.model_dump(exclude_none=True)
+        if self.kubernetes is not None:
+            settings["kubernetes"] = self.kubernetes.model_dump(exclude_none=True)
+        settings["notice_lead"] = self.notice.lead_time  # a pod's terminationGracePeriodSeconds
         return {k: v for k, v in settings.items() if v is not None}
 
     def display_name(self) -> str:

@@ -72,6 +72,7 @@ class Instance:
     returncode: int | None = None  # the agent's exit status once EXITED (75 = reclaimed)
     log_path: str | None = None
     owner: str | None = None  # LaunchRequest.owner of the launch that made it
+    detail: str = ""  # the cloud's own words for how it ended (OOMKilled, evicted), shown in the timeline
 
 
 class LaunchRefused(Exception):

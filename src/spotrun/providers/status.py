@@ -9,8 +9,8 @@ through the checkpoint store it already writes to (docs/store-format.md, "Status
 
 The heartbeat's age is the object's `last_modified`, so one LIST of `status/` per reconciler
 pass tells a provider every attempt's liveness, notice and exit, whatever the number of jobs;
-only a new `exit` object is read (once: it never changes). Every cloud provider (AWS now,
-Kubernetes next) combines this with the cloud's own state in `outcome()`.
+only a new `exit` object is read (once: it never changes). Every cloud provider (AWS,
+Kubernetes) combines this with the cloud's own state in `outcome()`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from spotrun.notices.base import Notice
-from spotrun.providers.base import InstanceState
+from spotrun.providers.base import ENDED, InstanceState
 
 log = logging.getLogger("spotrun.status")
 
@@ -144,18 +144,20 @@ class Outcome:
 
 def outcome(
     cloud_state: InstanceState, cloud_reason: str, status: Status | None, *, launched_at: float,
-    now: float, boot_timeout_s: float, stale_after_s: float,
+    now: float, boot_timeout_s: float, stale_after_s: float, cloud_returncode: int | None = None,
 ) -> Outcome:
     """One verdict from three witnesses: the agent's record, the cloud's state, the beat's age.
 
     The agent's exit status wins (it knows whether the job finished, failed or saved work for a
-    reclaim); then the cloud's own word (a reclaim whose notice never came); then silence: no
-    first beat within the boot timeout, or a beat gone stale, is an instance lost.
+    reclaim); then the cloud's own word: a reclaim whose notice never came, or an end the cloud
+    can tell itself (a pod's container OOMKilled, with `cloud_returncode`; an image that never
+    pulled, UNBOOTED); then silence: no first beat within the boot timeout, or a beat gone
+    stale, is an instance lost.
     """
     if status is not None and status.returncode is not None:
         return Outcome(InstanceState.EXITED, status.returncode, f"the agent exited with status {status.returncode}")
-    if cloud_state in (InstanceState.RECLAIMED, InstanceState.TERMINATED, InstanceState.GONE):
-        return Outcome(cloud_state, None, cloud_reason)
+    if cloud_state in ENDED:
+        return Outcome(cloud_state, cloud_returncode, cloud_reason)
     if status is None or status.beat_at is None:
         if now - launched_at > boot_timeout_s:
             return Outcome(InstanceState.UNBOOTED, None, f"no heartbeat within the boot timeout ({boot_timeout_s:g}s)")

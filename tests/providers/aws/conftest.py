@@ -6,20 +6,15 @@ reaches a real AWS account or 169.254.169.254.
 
 from __future__ import annotations
 
-import asyncio
-import random
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from spotrun.controller.db import Database
-from spotrun.controller.reconciler import Reconciler
 from spotrun.emulators.local_aws import LocalAws
 from spotrun.providers.aws import AwsConfig, AwsProvider
 from spotrun.providers.local.procs import instance_pids
-
-from tests.controller.helpers import ControllerProcess
 
 
 @pytest.fixture
@@ -44,27 +39,3 @@ def db(local_aws: LocalAws) -> Iterator[Database]:
     database = Database()
     yield database
     database.close()
-
-
-@pytest.fixture
-async def reconciler(db: Database, provider: AwsProvider) -> AsyncIterator[Reconciler]:
-    r = Reconciler(db, {"aws": provider}, interval=0.2, rng=random.Random(0))
-    stop = asyncio.Event()
-    task = asyncio.create_task(r.run(stop))
-    yield r
-    stop.set()
-    await task
-
-
-@pytest.fixture
-def controller_process(spotrun_home: Path) -> Iterator[Callable[..., ControllerProcess]]:
-    """`spotrun controller run` children, with the local AWS's environment; killed afterwards."""
-    started: list[ControllerProcess] = []
-
-    def start(env: dict[str, str] | None = None) -> ControllerProcess:
-        started.append(ControllerProcess(spotrun_home, env))
-        return started[-1]
-
-    yield start
-    for proc in started:
-        proc.kill()

@@ -19,6 +19,7 @@ from spotrun.sdk.events import EVENTS_ENV
 
 from tests.controller.helpers import async_wait_until, wait_until
 from tests.controller.test_reconciler import live_instance, submit, view, wait_status
+from tests.providers.conftest import crash_at_each_point, reclaimed_three_times
 
 TRAIN = Path(__file__).resolve().parents[3] / "examples" / "train.py"
 ZONES = ["us-east-1a", "us-east-1b"]
@@ -46,23 +47,8 @@ async def test_three_reclaims_across_two_zones_end_like_an_uninterrupted_run(
     tmp_path: Path, db: Database, local_aws: LocalAws, reconciler: object
 ) -> None:
     local_aws.proxy.spot_prices.update({("m5.large", "us-east-1a"): 0.041, ("m5.large", "us-east-1b"): 0.029})
-    steps = 80
-    job = submit(train_job(tmp_path, "hit", steps, 0.05, zones=ZONES))
-    for n in range(3):
-        await async_wait_until(
-            lambda: view(db, job)["attempts"] == n + 1 and len(read_progress(tmp_path, "hit").lost) == n
-            and read_progress(tmp_path, "hit").step >= 10 * (n + 1),
-            what=f"attempt {n + 1} to make progress")
-        local_aws.reclaim(live_instance(db, job), lead_s=1.0)
-        await async_wait_until(lambda: view(db, job)["reclaims"] == n + 1, what=f"reclaim {n + 1} to be seen")
-    final = await wait_status(db, job, "SUCCEEDED", "FAILED")
-    assert final["status"] == "SUCCEEDED", final["reason"]
-
-    plain = tmp_path / "plain.json"
-    subprocess.run([sys.executable, str(TRAIN), "--steps", str(steps), "--output", str(plain)], check=True,
-                   capture_output=True, cwd=tmp_path)
-    assert json.loads((tmp_path / "hit.json").read_text())["weights_sha256"] == json.loads(plain.read_text())["weights_sha256"]
-
+    job = submit(train_job(tmp_path, "hit", 80, 0.05, zones=ZONES))
+    final = await reclaimed_three_times(db, tmp_path, job, "hit", 80, lambda instance: local_aws.reclaim(instance, lead_s=1.0))
     attempts = final["attempt_list"]
     assert [a["cause"] for a in attempts] == ["reclaim", "reclaim", "reclaim", "success"]
     assert [a["zone"] for a in attempts] == ZONES * 2
@@ -193,15 +179,8 @@ def test_controller_killed_between_run_instances_and_its_record(
 ) -> None:
     db = Database()
     try:
-        for point in ("after-attempt-row", "after-launch", "after-terminate"):
-            job = submit({"name": point, "run": "echo survived", "resources": {"cloud": "aws"}})
-            crashed = controller_process(env={"SPOTRUN_TEST_CRASH_AT": point})
-            assert crashed.wait_exit() == -9, crashed.output()
-            controller = controller_process()
-            wait_until(lambda: view(db, job)["status"] in ("SUCCEEDED", "FAILED"), what=f"{point}: the job to end")
-            controller.kill()
-            final = view(db, job)
-            assert final["status"] == "SUCCEEDED", (point, final["reason"], controller.output())
+        for point, job, final in crash_at_each_point(controller_process, db, {  # type: ignore[arg-type]
+                "run": "echo survived", "resources": {"cloud": "aws"}}):
             launched = ec2_instances(**{"tag:spotrun:job": [job]})
             tokens = [t["Value"] for i in launched for t in i["Tags"] if t["Key"] == "spotrun:token"]
             assert len(tokens) == len(set(tokens)) == len([a for a in final["attempt_list"] if a["cause"] != "refused"])
