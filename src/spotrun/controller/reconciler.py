@@ -316,11 +316,11 @@ class Reconciler:
             try:
                 with self.db.session() as s:
                     held = self.leases.fence(s, {job.id: job.lease_token for job, _, _, _ in batch})
-                    ids = [a for _, a, _, _ in batch]
+                    ids, attempts = [a for _, a, _, _ in batch], []  # held: the session keeps rows weakly
                     for at in range(0, len(ids), IN_CHUNK):  # into the session: each write's s.get is free
-                        s.scalars(select(Attempt).where(Attempt.id.in_(ids[at:at + IN_CHUNK])).with_for_update()).all()
+                        attempts += s.scalars(select(Attempt).where(Attempt.id.in_(ids[at:at + IN_CHUNK])).with_for_update()).all()
                     for job, _, write, _ in batch:
-                        results.append(write(s, s.get(Job, job.id)) if job.id in held else
+                        results.append(write(s, held[job.id]) if job.id in held else
                                        LeaseLost(f"job {job.id}: this controller ({self.owner}) no longer holds its lease"))
             except Exception as exc:  # noqa: BLE001  every writer of the batch hears it, and retries
                 for *_, done in batch:
@@ -337,7 +337,8 @@ class Reconciler:
         """A transaction that writes for `job`: refused (LeaseLost) unless this controller still
         holds the job with the fencing token it read it with."""
         with self.db.session() as s:
-            if not self.leases.fence(s, {job.id: job.lease_token}):
+            held = self.leases.fence(s, {job.id: job.lease_token})  # kept: the writer's s.get(Job) is free
+            if not held:
                 raise LeaseLost(f"job {job.id}: this controller ({self.owner}) no longer holds its lease")
             yield s
 
@@ -470,7 +471,7 @@ class Reconciler:
                     log.info("job %s: this controller no longer holds its lease; its new owner launches it", n.job.id)
                     continue
                 s.add(n.att)
-                j = s.get(Job, n.job.id)
+                j = held[n.job.id]
                 if j.status == JobStatus.PENDING.value:
                     j.status = JobStatus.PROVISIONING.value
                 repo.add_event(
@@ -577,7 +578,7 @@ class Reconciler:
                     Event.kind == "notice", Event.job_id.in_(noticing[at:at + IN_CHUNK]))))
             for job, att, inst in notes:
                 if job.id in held and att.id in live:
-                    self._note_state(s, s.get(Job, job.id), att, inst, recorded)
+                    self._note_state(s, held[job.id], att, inst, recorded)
 
     def _note_state(self, s: Session, j: Job, att: Attempt, inst: Instance, recorded: set[tuple[str, int]]) -> None:
         """Record what a live instance says of its job: the status it implies, and its notice
