@@ -225,7 +225,7 @@ class Reconciler:
             del self._specs[gone]
             self._aware.discard(gone)
         if self.passes % self.sweep_every == 0:
-            await self.sweep_leaks(listed)
+            await self.sweep_leaks(listed, {a.token for a in current.values()})
             self.leases.sweep_dead()
         self.passes += 1
         self.lag_s, self.pass_s = self._pass_lag, time.monotonic() - started
@@ -741,14 +741,16 @@ class Reconciler:
                 fi.seek(have)
                 fo.write(fi.read(size - have))
 
-    async def sweep_leaks(self, listed: Mapping[str, Mapping[str, Instance]] | None = None) -> list[str]:
+    async def sweep_leaks(self, listed: Mapping[str, Mapping[str, Instance]] | None = None,
+                          running: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Terminate live instances this database launched whose attempt has ended (an instance
         outliving its attempt, e.g. after a crash between the end's record and its terminate).
 
         Only instances stamped with this database's identity, and whose token it knows, are
         judged: another controller's (another database, or one recreated under the same home)
         are never touched, nor are instances from before identities existed. Controllers sharing
-        the database each sweep the instances of their own shards. `listed`: the pass's listings.
+        the database each sweep the instances of their own shards. `listed`: the pass's listings;
+        `running`: tokens of attempts the pass saw open, whose instances are not asked about.
         """
         terminated = []
         listed = listed or {}
@@ -759,7 +761,7 @@ class Reconciler:
             provider = self.provider(name)
             instances = (listed[name] if name in listed else await self._listing(name)).values()
             mine = [i for i in instances if i.state not in ENDED and i.owner == self.db.identity
-                    and (shards is None or shard_of(i.job_id) in shards)]
+                    and i.token not in running and (shards is None or shard_of(i.job_id) in shards)]
             if not mine:
                 continue
             ended: set[str] = set()
