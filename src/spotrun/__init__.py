@@ -14,7 +14,7 @@ from spotrun.sdk.events import report_progress  # noqa: E402
 def __getattr__(name: str):
     """`spotrun.launch` / `spotrun.job` load the controller (SQLAlchemy, alembic) only when used,
     so `import spotrun` in a training script stays light."""
-    if name in ("launch", "job", "JobHandle"):
+    if name in ("launch", "launch_sweep", "job", "JobHandle"):
         from spotrun.controller import api
 
         return getattr(api, name)
@@ -26,5 +26,5 @@ __all__ = [
     "notice", "on_notice", "should_stop",
     "attempt", "checkpoint_dir", "job_id", "list_checkpoints", "load_latest", "save",
     "report_progress",
-    "launch", "job", "JobHandle",
+    "launch", "launch_sweep", "job", "JobHandle",
 ]

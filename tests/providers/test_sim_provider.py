@@ -129,3 +129,19 @@ def test_rate_reclaims_are_reproducible(tmp_path: Path) -> None:
     ends = run(lifetimes())
     assert ends == run(lifetimes())
     assert 85 < sum(ends) / len(ends) < 115  # mean lifetime 100 s, 2000 draws
+
+
+def test_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`$SPOTRUN_SIM` names the controller's sim market; a bad one is one line naming the file."""
+    traces = _traces(tmp_path)
+    path = tmp_path / "sim.yaml"
+    path.write_text(f"trace: {{za: {traces['za']}}}\nlead: 1m\nboot: 30s\nzone_prices: {{za: 0.25}}\n")
+    monkeypatch.setenv("SPOTRUN_SIM", str(path))
+    config = SimConfig.from_env()
+    assert (config.market.notice_lead_s, config.boot_s, config.market.default_zone()) == (60.0, 30.0, "za")
+    assert SimProvider(config).prices(None, "za")[0] == 0.25
+    path.write_text("trace: aws-10-26-2022/us-west-2a_v100_1\nleed: 1m\n")
+    with pytest.raises(ValueError, match=r"^\$SPOTRUN_SIM \(.*sim.yaml\): unknown setting leed \(known: "):
+        SimConfig.from_env()
+    path.write_text("trace: aws-10-26-2022/us-west-2a_v100_1\n")
+    assert SimConfig.from_env().market.default_zone() == "sim-a"

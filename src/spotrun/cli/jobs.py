@@ -24,6 +24,7 @@ controller_app = typer.Typer(
 app.add_typer(controller_app, name="controller")
 
 FOLLOW_POLL_S = 0.5
+DEFAULT_PAGE = 100  # `spotrun jobs` rows per page: a screenful that costs the same at 10 000 jobs
 STATUS_STYLE = {
     "SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "RUNNING": "cyan",
     "RECOVERING": "magenta", "PROVISIONING": "blue", "PENDING": "dim", "CANCELLING": "yellow",
@@ -70,18 +71,34 @@ def _styled(status: str) -> str:
 @needs("controller")
 def launch(
     spec: Path = typer.Argument(..., help="The job spec, e.g. job.yaml (a one-line `run: python train.py` is enough)."),
-    name: str = typer.Option(None, "--name", "-n", help="Name shown in `spotrun jobs` (default: from the spec)."),
+    name: str = typer.Option(None, "--name", "-n", help="Name shown in `spotrun jobs` (default: from the spec); a sweep's jobs are NAME-0, NAME-1, ..."),
+    array: int = typer.Option(
+        None, "--array",
+        help="Launch N copies of the spec as one sweep; each gets SPOTRUN_ARRAY_INDEX=0..N-1 (and {{ index }} in run).",
+    ),
     follow: bool = typer.Option(False, "--follow", "-f", help="Stream the logs of every attempt until the job ends."),
     json_: bool = JSON_OPTION,
 ) -> None:
-    """Submit a job; the controller (started if needed) runs it on spot and recovers it from reclaims.
+    """Submit a job, or a sweep of jobs; the controller (started if needed) runs them on spot and
+    recovers them from reclaims.
 
-    Example: `spotrun launch job.yaml --follow`
+    A spec with `sweep: {grid: {lr: [0.1, 0.01], seed: [1, 2]}}` launches one job per combination
+    (here 4), each with its values in its environment (lr=0.1) and in `{{ lr }}` in run/setup/env;
+    `--array N` launches N copies. Their jobs share a sweep label: `spotrun jobs --sweep LABEL`.
+
+    Example: `spotrun launch job.yaml --follow`; `spotrun launch sweep.yaml`; `spotrun launch job.yaml --array 100`
     """
-    from spotrun.controller.api import launch as api_launch
+    from spotrun.controller.api import prepare_launch, submit
 
     with _user_errors():
-        handle = api_launch(spec, name=name)
+        prepared = prepare_launch(spec, name=name, array=array)
+        if prepared.sweep is not None and follow:
+            fail("--follow streams one job's logs; a sweep has many: `spotrun jobs --sweep LABEL`, then `spotrun logs NAME -f`")
+        label, handles = submit(prepared)
+        if label is not None:
+            _launched_sweep(label, handles, json_)
+            return
+        handle = handles[0]
         view = handle.info(detail=False)
     if json_ and not follow:
         print_json(view)
@@ -95,21 +112,58 @@ def launch(
         raise typer.Exit(0 if status == "SUCCEEDED" else 1)
 
 
-@app.command("jobs")
-@needs("controller")
-def list_jobs(json_: bool = JSON_OPTION) -> None:
-    """List jobs: status, attempts, reclaims, cost and the saving against on-demand."""
-    from rich.table import Table
-
+def _launched_sweep(label: str, handles: list, as_json: bool) -> None:
     from spotrun.controller.repo import list_views
 
+    jobs = list_views(_db(), sweep=label)
+    if as_json:
+        print_json({"sweep": label, "count": len(jobs), "jobs": [{"id": v["id"], "name": v["name"]} for v in jobs]})
+        return
+    shown = jobs[0]["name"] if len(jobs) == 1 else f"{jobs[0]['name']} ... {jobs[-1]['name']}"
+    console.print(f"launched sweep [bold]{label}[/]: {len(jobs)} jobs ({shown}); "
+                  f"`spotrun jobs --sweep {label}` lists them")
+
+
+def _states(values: list[str]) -> list[str]:
+    from spotrun.controller.models import JobStatus
+
+    states = [p.strip().upper() for v in values for p in v.split(",") if p.strip()]
+    unknown = [s for s in states if s not in JobStatus.__members__]
+    if unknown:
+        fail(f"--state {', '.join(unknown).lower()}: not a job state; choose from {', '.join(s.lower() for s in JobStatus.__members__)}")
+    return states
+
+
+@app.command("jobs")
+@needs("controller")
+def list_jobs(
+    state: list[str] = typer.Option([], "--state", "-s", help="Only jobs in these states (repeat or comma-separate: running,recovering)."),
+    name: str = typer.Option(None, "--name", help="Only jobs with this name, or matching this glob (`train-*`)."),
+    sweep: str = typer.Option(None, "--sweep", help="Only the jobs of this sweep (its label, printed by `spotrun launch`)."),
+    limit: int = typer.Option(DEFAULT_PAGE, "--limit", min=0, help="Jobs per page, oldest first; 0 for all."),
+    after: str = typer.Option(None, "--after", help="Start after this job id: the last id of the previous page."),
+    json_: bool = JSON_OPTION,
+) -> None:
+    """List jobs: status, attempts, reclaims, cost and the saving against on-demand.
+
+    One page at a time, oldest first: the footer says how many match and the --after that
+    shows the next page (with --json, the next page starts after the last id printed).
+
+    Example: `spotrun jobs --sweep train-3fa2c1 --state failed`; `spotrun jobs --limit 0 --json`
+    """
+    from rich.table import Table
+
+    from spotrun.controller.repo import jobs_page
+
+    states = _states(state)
     with _user_errors():
-        views = list_views(_db())
+        views, total = jobs_page(_db(), states=states, name=name, sweep=sweep, after=after, limit=limit or None)
     if json_:
         print_json(views)
         return
     if not views:
-        console.print("no jobs yet; `spotrun launch job.yaml` submits one, `spotrun demo` shows one")
+        filtered = states or name or sweep or after
+        console.print("no jobs match" if filtered else "no jobs yet; `spotrun launch job.yaml` submits one, `spotrun demo` shows one")
         return
     table = Table(title="spotrun jobs")
     for col in ("id", "name", "status", "attempts", "reclaims", "cost", "saving", "submitted"):
@@ -123,18 +177,26 @@ def list_jobs(json_: bool = JSON_OPTION) -> None:
             _money(v["cost"]), f"{_money(v['saving'])} ({v['saving_pct']:.0f}%)", _when(v["created_at"]),
         )
     console.print(table)
+    if limit and len(views) == limit:
+        console.print(f"{len(views)} of {total} matching jobs shown; next page: --after {views[-1]['id']}")
 
 
 @app.command()
 @needs("controller")
-def status(job: str = typer.Argument(..., help="Job id (or a unique prefix, or its name)."), json_: bool = JSON_OPTION) -> None:
-    """One job's timeline: its attempts, reclaims, errors, costs and every event."""
+def status(job: str = typer.Argument(..., help="Job id (or a unique prefix, or its name), or a sweep's label."), json_: bool = JSON_OPTION) -> None:
+    """One job's timeline: its attempts, reclaims, errors, costs and every event; or a sweep at a
+    glance (its jobs per state, reclaims and cost so far): `spotrun status train-3fa2c1`."""
     from rich.table import Table
 
-    from spotrun.controller.repo import get_view
+    from spotrun.controller.repo import get_view, sweep_view
 
     with _user_errors():
-        v = get_view(_db(), job)
+        db = _db()
+        sweep = sweep_view(db, job)
+        v = get_view(db, job) if sweep is None else sweep
+    if sweep is not None:
+        _print_sweep(sweep, json_)
+        return
     if json_:
         print_json(v)
         return
@@ -161,6 +223,17 @@ def status(job: str = typer.Argument(..., help="Job id (or a unique prefix, or i
     for e in v["events"]:
         events.add_row(_when(e["at"]), str(e["attempt"] or ""), e["kind"], e["message"].splitlines()[0])
     console.print(events)
+
+
+def _print_sweep(v: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(v)
+        return
+    states = "  ".join(f"{_styled(k)} {n}" for k, n in v["states"].items())
+    console.print(f"sweep [bold]{v['sweep']}[/]: {v['jobs']} jobs  {states}")
+    console.print(f"attempts {v['attempts']}  reclaims {v['reclaims']}  errors {v['errors']}  cost {_money(v['cost'])}  "
+                  f"saved {_money(v['saving'])} ({v['saving_pct']:.0f}%) vs on-demand")
+    console.print(f"`spotrun jobs --sweep {v['sweep']} --state failed` lists its failed jobs")
 
 
 @app.command()

@@ -79,6 +79,12 @@ def simulate(
     plot: Optional[str] = typer.Option(None, "--plot", help="Save a PNG of cost against deadline slack per policy."),
     per_trace: bool = typer.Option(False, "--per-trace", help="Also show spot use against the optimum per trace."),
     list_traces: bool = typer.Option(False, "--list-traces", help="List the bundled traces and exit."),
+    controller: bool = typer.Option(
+        False, "--controller",
+        help="Replay the same runs through the real controller (its reconciler and policies on the sim provider, "
+             "in virtual time) instead of the simulator's loop; the optimum stays the simulator's bound. Slower: "
+             "start with --starts 10.",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Replay a deadline job through real spot traces under each policy, in virtual time.
@@ -91,8 +97,15 @@ def simulate(
     changeover is exact in seconds; the optimum refuses one that shares no step of at least
     1/64 tick with the tick, and says which would do.
 
+    With --controller every run is a job of the real controller on the sim provider, so the
+    table checks the controller against the model: on the same trace the two agree (docs/sim.md).
+
     Example: spotrun simulate --traces 'aws-10-26-2022/*' --starts 300 --compute 48h --job-fraction 0.8
     """
+    if controller:
+        require_extra("controller", "spotrun simulate --controller")
+        if plot:
+            fail("--plot sweeps deadlines with the simulator alone; drop --controller or --plot")
     if list_traces:
         _list_traces(as_json)
         return
@@ -118,7 +131,9 @@ def simulate(
         markets = [Market.of(found)] if zones else [Market.of([t]) for t in found]
         for m in markets:
             m.window_ticks(job)
-        if start is not None:
+        if controller:
+            results = _through_controller(job, markets, names, starts, seed, start)
+        elif start is not None:
             results = _single(job, markets, names, start)
         else:
             results = _sweep(job, markets, names, starts, seed, workers, quiet=as_json)
@@ -134,6 +149,7 @@ def simulate(
         "traces": [_trace_facts(t, spot_price) for t in found],
         "starts": 1 if start is not None else starts,
         "seed": seed,
+        "engine": "controller" if controller else "simulator",
         "policies": summary,
     }
     if per_trace:
@@ -161,6 +177,24 @@ def _trace_facts(t, spot_price: float) -> dict:
     return facts
 
 
+def _through_controller(job, markets, names, starts: int, seed: int, start: int | None):
+    """The sweep's own start ticks, each run a job of the real controller; the optimum, a bound
+    computed from the whole trace, is no policy a controller can run, so it stays the solver's."""
+    import numpy as np
+
+    from spotrun.controller.replay import replay
+    from spotrun.market.policies import OPTIMUM
+    from spotrun.market.policies.optimum import solve
+
+    ticks = [np.array([start]) if start is not None else m.random_starts(job, starts, seed + i) for i, m in enumerate(markets)]
+    online = [p for p in names if p != OPTIMUM]
+    with err_console.status(f"replaying {sum(map(len, ticks)) * len(online)} runs through the controller"):
+        results = replay(job, markets, online, ticks)
+    if OPTIMUM in names:
+        results += [r for m, t in zip(markets, ticks) for r in solve(job, m, t)]
+    return results
+
+
 def _single(job, markets, names, start: int):
     from spotrun.market.sweep import run_sweep_at
 
@@ -184,7 +218,8 @@ def _print_table(report: dict, od_cost: float) -> None:
 
     job = report["job"]
     title = (f"C={job['compute_h']:g}h, deadline {job['deadline_h']:g}h, d={job['changeover_s']:g}s, "
-             f"{report['starts']} start(s) x {len(report['markets'])} market(s)")
+             f"{report['starts']} start(s) x {len(report['markets'])} market(s)"
+             + (", through the controller" if report["engine"] == "controller" else ""))
     table = Table(title=title)
     for col in ("policy", "OD h", "spot h", "cost $", "saved", "vs opt", "launch", "miss"):
         table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True,

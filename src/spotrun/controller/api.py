@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from spotrun.controller import repo
 from spotrun.controller.db import Database
 from spotrun.controller.models import JobStatus
-from spotrun.controller.spec import JobSpec, SpecError, load_spec
+from spotrun.controller.spec import JobSpec, SpecError, load_spec, parse_spec
 from spotrun.redact import redact_url
 
 KNOWN_PROVIDERS = ("local", "aws", "sim")
@@ -145,16 +145,53 @@ def launch(
 
     Raises SpecError (one line per problem, with file:line:col) for a spec that cannot run.
     """
+    job = prepare_launch(spec, name=name)
+    if job.sweep is not None:
+        raise SpecError([f"the spec is a sweep of {job.sweep.size} jobs: submit it with launch_sweep()"])
+    return submit(job, db_url=db_url, start_controller=start_controller)[1][0]
+
+
+def launch_sweep(
+    spec: JobSpec | str | Path | dict,
+    *,
+    array: int | None = None,
+    name: str | None = None,
+    db_url: str | None = None,
+    start_controller: bool = True,
+) -> tuple[str, list[JobHandle]]:
+    """Submit the spec's `sweep:` (or `array` copies of a plain spec): (the sweep's label, a handle per job)."""
+    job = prepare_launch(spec, name=name, array=array)
+    if job.sweep is None:
+        raise SpecError(["the spec has no `sweep:` section: add `sweep: {grid: {NAME: [values]}}` or give array=N"])
+    label, handles = submit(job, db_url=db_url, start_controller=start_controller)
+    assert label is not None
+    return label, handles
+
+
+def prepare_launch(spec: JobSpec | str | Path | dict, *, name: str | None = None, array: int | None = None) -> JobSpec:
+    """`prepare_spec`, with the launch's own name and `--array N` (a sweep of N copies)."""
     job = prepare_spec(spec)
     if name is not None:
         job = job.model_copy(update={"name": name})
+    if array is not None:
+        if job.sweep is not None:
+            raise SpecError(["--array: the spec has a `sweep:` section already; give one of them"])
+        job = parse_spec({**job.model_dump(exclude_none=True), "sweep": {"array": array}}, "--array")
+    return job
+
+
+def submit(job: JobSpec, *, db_url: str | None = None, start_controller: bool = True) -> tuple[str | None, list[JobHandle]]:
+    """One prepared job, or every job of its sweep in one transaction: (the sweep's label or None, handles)."""
+    from spotrun.controller.sweep import expand, new_label
+
+    label = new_label(job) if job.sweep is not None else None
     db = Database(db_url)
-    handle = JobHandle(repo.create_job(db, job), db)
+    ids = repo.create_jobs(db, expand(job, label) if label else [job], sweep=label)
     if start_controller:
         from spotrun.controller.service import start_daemon
 
         start_daemon()
-    return handle
+    return label, [JobHandle(i, db) for i in ids]
 
 
 def job(job_id: str, db_url: str | None = None) -> JobHandle:

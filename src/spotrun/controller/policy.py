@@ -38,7 +38,7 @@ class _Live:
     policy: Policy
     last_at: float  # when it last decided: the length of the tick it saw
     last: Decision | None = None  # the last decision recorded in the job's timeline
-    chose: Decision | None = None  # the policy's last answer, given at `last_at`
+    switch_to: Decision | None = None  # a move off the running attempt it chose at `last_at`
 
 
 def policy_name(spec: JobSpec) -> str:
@@ -112,15 +112,17 @@ class Planner:
                provider: Provider) -> tuple[Decision, Observation]:
         """The policy's choice, overruled by the Safety Net: on-demand whenever only it still fits.
 
-        Asked again within one interval (the relaunch right after a switch it chose), it gives
-        the same answer without a second look: a policy that learns from each observation
-        (adaptive) would otherwise count that interval twice.
+        The relaunch that follows a switch within the same interval (its stop was over at once)
+        launches what the switch chose, without asking again: a policy that learns from each
+        observation (adaptive) would otherwise count that interval twice.
         """
         now = time.time()
         obs, market_job = self.observe(job, spec, attempts, current, provider, now)
         live = self._live.get(job.id)
-        if live is not None and live.chose is not None and now - live.last_at < self.interval:
-            return live.chose, obs
+        running = current is not None and current.instance_id is not None
+        if live is not None and live.switch_to is not None and not running and now - live.last_at < self.interval:
+            choice, live.switch_to = live.switch_to, None
+            return choice, obs
         if live is None:
             policy = policies.make(policy_name(spec))
             policy.reset(market_job)
@@ -128,7 +130,8 @@ class Planner:
         choice = live.policy.decide(obs)
         if choice.kind != ON_DEMAND_KIND and not is_safe(obs, choice):
             choice = ON_DEMAND
-        live.last_at, live.chose = now, choice
+        live.last_at = now
+        live.switch_to = choice if running and choice not in (IDLE, capacity(spec, current)) else None
         return choice, obs
 
     def is_news(self, job_id: str, decision: Decision) -> bool:

@@ -90,7 +90,7 @@ async def _replay_market(job: MarketJob, market: Market, policies: list[str], st
                          db_path: Path) -> list[RunResult]:
     from spotrun.controller import repo
     from spotrun.controller.db import Database
-    from spotrun.controller.models import Job, JobStatus
+    from spotrun.controller.models import Job
     from spotrun.controller.reconciler import Reconciler
     from spotrun.controller.spec import load_spec
     from spotrun.providers.local.market import MarketConfig
@@ -107,16 +107,16 @@ async def _replay_market(job: MarketJob, market: Market, policies: list[str], st
     db = Database(f"sqlite:///{db_path}")
     try:
         with clock.installed():
-            runs = {repo.create_job(db, load_spec(_spec(p, job, zones[s]))): (p, s) for s in starts for p in policies}
+            wanted = [(p, s) for s in starts for p in policies]
+            runs = dict(zip(repo.create_jobs(db, [load_spec(_spec(p, job, zones[s])) for p, s in wanted]), wanted))
             rec = Reconciler(db, {"sim": sim}, interval=g, exclusive=True, sweep_every=10**9, rng=_NoJitter(),
                              max_actions=len(runs))
             for k in range(n + 1):  # the last pass, at the deadline, records what finished in the last tick
                 clock.set(T0 + k * g)
                 await rec.run_once()
                 await rec.settle()
-                with db.session() as s:
-                    if not s.query(Job).filter(Job.status.in_([x.value for x in JobStatus if not x.terminal])).count():
-                        break
+                if not repo.count_active(db):
+                    break
             if errors.seen:
                 raise RuntimeError("the controller failed a step during the replay:\n" + "\n".join(errors.seen))
             with db.session() as s:

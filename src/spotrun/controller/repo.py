@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, tuple_
+from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
 from spotrun.controller.db import EVENTS, Database
@@ -53,20 +54,29 @@ def add_event(s: Session, job_id: str, kind: str, message: str, attempt: int | N
 
 
 def create_job(db: Database, spec: JobSpec) -> str:
+    return create_jobs(db, [spec])[0]
+
+
+def create_jobs(db: Database, specs: list[JobSpec], sweep: str | None = None) -> list[str]:
+    """Every job in one transaction (a sweep of 10 000 is one commit): all of them or none."""
     now = time.time()
-    job_id = secrets.token_hex(4)
+    # A sweep's ids are longer: 10 000 ids of 8 hex digits would collide once in ~90 launches.
+    ids = [secrets.token_hex(4 if len(specs) == 1 else 6) for _ in specs]
+    # created_at a microsecond apart: `spotrun jobs` lists a sweep in its index order.
+    jobs = [
+        dict(id=job_id, name=spec.display_name(), spec=spec.model_dump_json(), provider=spec.resources.provider,
+             desired="run", status=JobStatus.PENDING.value, reclaims=0, errors=0, refusals=0, next_launch_at=0.0,
+             cost=0.0, on_demand_cost=0.0, created_at=now + i * 1e-6, submitted_at=now, updated_at=now,
+             lease_expires=0.0, sweep=sweep)
+        for i, (job_id, spec) in enumerate(zip(ids, specs))
+    ]
+    events = [dict(job_id=job_id, attempt=None, at=now, kind="submitted",
+                   message=f"job {spec.display_name()!r} submitted" + (f" in sweep {sweep}" if sweep else "") + f": {spec.run}")
+              for job_id, spec in zip(ids, specs)]
     with db.session() as s:
-        s.add(
-            Job(
-                id=job_id, name=spec.display_name(), spec=spec.model_dump_json(),
-                provider=spec.resources.provider, desired="run", status=JobStatus.PENDING.value,
-                reclaims=0, errors=0, refusals=0, next_launch_at=0.0, cost=0.0, on_demand_cost=0.0,
-                created_at=now, submitted_at=now, updated_at=now, lease_expires=0.0,
-            )
-        )
-        s.flush()  # the job row first: events reference it
-        add_event(s, job_id, "submitted", f"job {spec.display_name()!r} submitted: {spec.run}")
-    return job_id
+        s.execute(insert(Job), jobs)  # the job rows first: events reference them
+        s.execute(insert(Event), events)
+    return ids
 
 
 def find_job(s: Session, ref: str) -> Job:
@@ -124,16 +134,17 @@ def attempt_cost(a: Attempt, now: float) -> tuple[float, float]:
     return (a.price or 0.0) * hours, (a.on_demand_price or a.price or 0.0) * hours
 
 
-def job_view(s: Session, job: Job, *, detail: bool = False) -> dict[str, Any]:
-    """Everything `jobs`/`status` show about a job; running attempts are costed up to now."""
+def job_view(s: Session, job: Job, *, detail: bool = False, attempts: list[Attempt] | None = None) -> dict[str, Any]:
+    """Everything `jobs`/`status` show about a job; running attempts are costed up to now.
+    `attempts`: the job's, when read already (`views` reads a page's in one query)."""
     now = time.time()
-    attempts = attempts_of(s, job.id)
+    attempts = attempts_of(s, job.id) if attempts is None else attempts
     launched = [a for a in attempts if a.instance_id is not None]
     cost = sum(attempt_cost(a, now)[0] for a in launched)
     od = sum(attempt_cost(a, now)[1] for a in launched)
     view: dict[str, Any] = {
         "id": job.id, "name": job.name, "status": job.status, "reason": job.reason,
-        "provider": job.provider, "attempts": len(launched), "reclaims": job.reclaims,
+        "provider": job.provider, "sweep": job.sweep, "attempts": len(launched), "reclaims": job.reclaims,
         "errors": job.errors, "cost": round(cost, 6), "on_demand_cost": round(od, 6),
         "saving": round(od - cost, 6), "saving_pct": round(100 * (od - cost) / od, 1) if od else 0.0,
         "created_at": job.created_at, "finished_at": job.finished_at,
@@ -157,10 +168,87 @@ def job_view(s: Session, job: Job, *, detail: bool = False) -> dict[str, Any]:
     return view
 
 
-def list_views(db: Database) -> list[dict[str, Any]]:
+def views(s: Session, jobs: list[Job]) -> list[dict[str, Any]]:
+    """`job_view` of each job, their attempts read in one query: a page costs two queries, not one per job."""
+    by_job: dict[str, list[Attempt]] = {j.id: [] for j in jobs}
+    for chunk in range(0, len(jobs), 10_000):  # within every database's limit on bound parameters
+        ids = [j.id for j in jobs[chunk:chunk + 10_000]]
+        for a in s.scalars(select(Attempt).where(Attempt.job_id.in_(ids)).order_by(Attempt.job_id, Attempt.number)):
+            by_job[a.job_id].append(a)
+    return [job_view(s, j, attempts=by_job[j.id]) for j in jobs]
+
+
+def _like(pattern: str) -> str:
+    """A shell glob (`train-*`, `lr-?`) as a LIKE pattern, with LIKE's own characters escaped."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def job_query(*, states: list[str] | None = None, name: str | None = None, sweep: str | None = None,
+              provider: str | None = None) -> Select:
+    """The jobs matching the filters, each served by an index; `name` may be a glob."""
+    query = select(Job)
+    if states:
+        query = query.where(Job.status.in_(states))
+    if name:
+        query = query.where(Job.name.like(_like(name), escape="\\") if any(c in name for c in "*?") else Job.name == name)
+    if sweep:
+        query = query.where(Job.sweep == sweep)
+    if provider:
+        query = query.where(Job.provider == provider)
+    return query
+
+
+def list_views(db: Database, **filters: Any) -> list[dict[str, Any]]:
+    """Every job matching `jobs_page`'s filters (all jobs by default), in submission order."""
+    return jobs_page(db, **filters)[0]
+
+
+def jobs_page(db: Database, *, states: list[str] | None = None, name: str | None = None, sweep: str | None = None,
+              after: str | None = None, limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
+    """A page of jobs in submission order, from just after job `after`, and how many match in all.
+
+    Keyset paging on the (created_at, id) index: page 100 costs what page 1 does, and a job
+    submitted meanwhile never shifts a page (the next page starts after the last id seen).
+    """
+    query = job_query(states=states, name=name, sweep=sweep)
     with db.session() as s:
-        jobs = s.scalars(select(Job).order_by(Job.created_at)).all()
-        return [job_view(s, j) for j in jobs]
+        total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+        if after is not None:
+            last = s.get(Job, after)
+            if last is None:
+                raise JobNotFound(f"no job {after!r} to page after; give the id of the last job of the previous page")
+            query = query.where(tuple_(Job.created_at, Job.id) > tuple_(last.created_at, last.id))
+        query = query.order_by(Job.created_at, Job.id)
+        if limit:
+            query = query.limit(limit)
+        return views(s, list(s.scalars(query))), total
+
+
+def sweep_view(db: Database, label: str) -> dict[str, Any] | None:
+    """A sweep at a glance: its jobs per state, attempts, reclaims and cost so far, in three
+    aggregate queries whatever its size; None when no sweep has this label."""
+    now = time.time()
+    with db.session() as s:
+        states = dict(s.execute(select(Job.status, func.count()).where(Job.sweep == label).group_by(Job.status)).all())
+        if not states:
+            return None
+        reclaims, errors = s.execute(select(func.sum(Job.reclaims), func.sum(Job.errors)).where(Job.sweep == label)).one()
+        hours = (func.coalesce(Attempt.ended_at, now) - Attempt.started_at) / 3600
+        attempts, cost, od = s.execute(
+            select(func.count(), func.sum(func.coalesce(Attempt.price, 0.0) * hours),
+                   func.sum(func.coalesce(Attempt.on_demand_price, Attempt.price, 0.0) * hours))
+            .join(Job, Job.id == Attempt.job_id)
+            .where(Job.sweep == label, Attempt.instance_id.is_not(None), Attempt.started_at.is_not(None))
+        ).one()
+    cost, od = float(cost or 0.0), float(od or 0.0)
+    return {
+        "sweep": label, "jobs": sum(states.values()),
+        "states": {st.value: int(states.get(st.value, 0)) for st in JobStatus if states.get(st.value)},
+        "attempts": int(attempts), "reclaims": int(reclaims or 0), "errors": int(errors or 0),
+        "cost": round(cost, 6), "on_demand_cost": round(od, 6), "saving": round(od - cost, 6),
+        "saving_pct": round(100 * (od - cost) / od, 1) if od else 0.0,
+    }
 
 
 def count_active(db: Database) -> int:

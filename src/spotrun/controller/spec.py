@@ -233,6 +233,65 @@ class SimSection(_Section):
     exit_code: int = Field(default=0, ge=0, le=255)  # how it exits once its work is done
 
 
+MAX_SWEEP_JOBS = 100_000  # one launch; more is a typo in a grid, not a plan
+# `{{ lr }}` in run/setup/env takes the job's value of sweep parameter `lr` (`{{ index }}`: its
+# index). Only identifiers: `{{.ID}}` (docker, Go templates) passes through untouched.
+TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+INDEX = "index"
+
+
+class Sweep(_Section):
+    """Many jobs from one spec: every combination of a parameter grid, or an array of N."""
+
+    grid: dict[str, list[Any]] | None = None
+    array: int | None = None
+
+    @field_validator("array")
+    @classmethod
+    def _array(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= MAX_SWEEP_JOBS:
+            raise ValueError(f"must be 1 to {MAX_SWEEP_JOBS:,} jobs, not {value:,}")
+        return value
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if not isinstance(value, dict) or not value:
+            raise ValueError("give each parameter a list of values, e.g. `grid: {lr: [0.1, 0.01], seed: [1, 2]}`")
+        for name, values in value.items():
+            _check_env_name(name)  # each one is also set in the job's environment
+            if name == INDEX:
+                raise ValueError("`index` is each job's place in the sweep ({{ index }}); name the parameter otherwise")
+            if SECRET_NAME.search(name):
+                raise ValueError(f"{name} looks like a credential: a sweep's values are stored and shown; use `secrets:`")
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{name}: give a non-empty list of values, e.g. `{name}: [1, 2]`")
+            bad = next((v for v in values if v is None or isinstance(v, (dict, list)) or (isinstance(v, str) and "\0" in v)), ())
+            if bad != ():
+                raise ValueError(f"{name}: every value must be a number, a string or true/false, not {bad!r}")
+        size = math.prod(len(v) for v in value.values())
+        if size > MAX_SWEEP_JOBS:
+            raise ValueError(f"expands into {size:,} jobs, more than {MAX_SWEEP_JOBS:,} in one launch; split the sweep")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Sweep:
+        if (self.grid is None) == (self.array is None):
+            raise ValueError("give `grid:` (a parameter grid) or `array: N` (N jobs), one of them")
+        return self
+
+    @property
+    def size(self) -> int:
+        return math.prod(len(v) for v in self.grid.values()) if self.grid is not None else self.array or 0
+
+    @property
+    def names(self) -> set[str]:
+        """What the templates may name."""
+        return {*(self.grid or {}), INDEX}
+
+
 class JobSpec(_Section):
     name: Text | None = Field(default=None, max_length=200)
     run: Text = Field(min_length=1)
@@ -250,6 +309,7 @@ class JobSpec(_Section):
     max_price: float | None = Field(default=None, gt=0)
     aws: AwsSection | None = None
     sim: SimSection | None = None
+    sweep: Sweep | None = None
     on_success: Literal["keep", "delete"] = "keep"
 
     @field_validator("run")
@@ -372,7 +432,23 @@ def _confinement(spec: JobSpec) -> list[tuple[tuple, str]]:
 def _cross_checks(spec: JobSpec) -> list[tuple[tuple, str]]:
     """Rules that span sections (a deadline-driven policy needs compute < deadline), as (loc, why)."""
     clash = [(("secrets", name), "also set in `env`; give it in one place") for name in spec.secrets if name in spec.env]
-    return clash + _confinement(spec) + _capacity_checks(spec)
+    return clash + _confinement(spec) + _capacity_checks(spec) + _sweep_checks(spec)
+
+
+def _sweep_checks(spec: JobSpec) -> list[tuple[tuple, str]]:
+    """Every `{{ name }}` names a sweep parameter; no parameter is also set in `env`."""
+    if spec.sweep is None:
+        return []
+    known = spec.sweep.names
+    found: list[tuple[tuple, str]] = []
+    texts = [(("run",), spec.run), (("setup",), spec.setup or ""), *((("env", k), v) for k, v in spec.env.items())]
+    for loc, text in texts:
+        for name in dict.fromkeys(m.group(1) for m in TEMPLATE.finditer(text)):
+            if name not in known:
+                found.append((loc, f"unknown template {{{{ {name} }}}}: the sweep defines {', '.join(sorted(known))}"))
+    found += [(("env", k), "also a sweep.grid parameter, which sets it for each job; give it in one place")
+              for k in spec.env if k in (spec.sweep.grid or {})]
+    return found
 
 
 def _capacity_checks(spec: JobSpec) -> list[tuple[tuple, str]]:

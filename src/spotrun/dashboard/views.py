@@ -34,18 +34,14 @@ def page_views(
 
     Filtering and paging happen in SQL, so a page costs the same with ten or ten thousand jobs.
     """
-    query = select(Job)
-    if states:
-        query = query.where(Job.status.in_(states))
-    if provider:
-        query = query.where(Job.provider == provider)
+    query = repo.job_query(states=states, provider=provider)
     if q:
         query = query.where(or_(Job.id.startswith(q, autoescape=True), Job.name.contains(q, autoescape=True)))
     order = (Job.created_at.desc(), Job.id.desc()) if newest_first else (Job.created_at, Job.id)
     with db.session() as s:
         total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
         jobs = s.scalars(query.order_by(*order).offset(offset).limit(limit)).all()
-        return [repo.job_view(s, j) for j in jobs], total
+        return repo.views(s, list(jobs)), total
 
 
 def state_counts(db: Database) -> dict[str, int]:

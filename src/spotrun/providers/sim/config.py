@@ -70,7 +70,7 @@ class SimConfig:
         market = MarketConfig(
             cloud=str(data.get("cloud", "aws")), lead_s=seconds("lead"), mean_lifetime_s=seconds("mean_lifetime"),
             seed=data.get("seed"), trace=trace, time_scale=float(data.get("time_scale", 1.0)),
-            zone=data.get("zone") or (None if trace else DEFAULT_ZONE),
+            zone=data.get("zone") or (None if isinstance(trace, Mapping) else DEFAULT_ZONE),
         )
         return cls(market=market, boot_s=seconds("boot") or 0.0, spot_price=data.get("spot_price"),
                    on_demand_price=data.get("on_demand_price"), zone_prices=dict(data.get("zone_prices") or {}),

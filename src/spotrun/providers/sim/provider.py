@@ -79,6 +79,7 @@ class SimProvider:
         self._by_job: dict[str, list[str]] = {}
         self._work_done: dict[str, float] = {}  # job -> seconds of work its attempts have done
         self._ids = itertools.count(1)
+        self._table: dict[str | None, tuple[float, float]] = {}  # instance type -> the bundled table's prices
 
     # --- the state machine ---------------------------------------------------------------
 
@@ -198,7 +199,8 @@ class SimProvider:
         """The market's notice now, the instance gone `lead_s` later (default the market's lead)."""
         rec = self._fleet.get(instance_id)
         if rec is None:
-            raise ValueError(f"no sim instance {instance_id}: check the id")
+            raise ValueError(f"no sim instance {instance_id} in this process: sim instances live in the memory of the "
+                             "controller that launched them, so only its market (trace, rate) reclaims them")
         if not rec.spot:
             raise ValueError(f"{instance_id} is on-demand: only spot instances are reclaimed")
         now = self.clock.time()
@@ -214,7 +216,9 @@ class SimProvider:
         """Spot: the zone's own price, else the trace's at this tick, else the settings' or the
         bundled table's for the type; on-demand: the settings' or the table's."""
         zone = zone or self.market.default_zone()
-        spot, od = table_prices(self.market.cloud, instance_type)
+        if instance_type not in self._table:  # asked per job per pass: the table is read once per type
+            self._table[instance_type] = table_prices(self.market.cloud, instance_type)
+        spot, od = self._table[instance_type]
         spot = self.config.spot_price if self.config.spot_price is not None else spot
         traced = self.market.price(zone, self.clock.time(), self.epoch)
         spot = self.config.zone_prices.get(zone, traced if traced is not None else spot)
