@@ -105,8 +105,7 @@ def create_jobs(db: Any, n: int) -> None:
     from spotrun.controller.spec import load_spec
 
     spec = load_spec({"run": "simulated", "resources": {"cloud": "sim"}, "recovery": {"max_reclaims": 1_000_000}})
-    for _ in range(n):
-        repo.create_job(db, spec)
+    repo.create_jobs(db, [spec] * n)
 
 
 class QueryCounter:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from spotrun.paths import default_db_url, private_file
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-SCHEMA_HEAD = "0003"  # the newest migration; opening an up-to-date database skips alembic
+SCHEMA_HEAD = "0004"  # the newest migration; opening an up-to-date database skips alembic
 _PG_MIGRATE_LOCK = 0x5370_7472  # advisory lock key: any constant shared by all controllers
 EVENTS = "spotrun.events"  # Session.info key: events queued by repo.add_event
 
