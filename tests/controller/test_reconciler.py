@@ -163,7 +163,8 @@ async def test_refused_spot_backs_off_then_auto_goes_on_demand(tmp_path: Path, d
         assert [e["kind"] for e in final["events"]].count("refused") == 3
         assert "no spot capacity" in next(e["message"] for e in final["events"] if e["kind"] == "refused")
         await async_wait_until(lambda: view(db, spot)["attempts"] == 0 and len(view(db, spot)["attempt_list"]) >= 5, what="spot-only refusals")
-        assert view(db, spot)["status"] == "PENDING"
+        # Between refusals it waits PENDING (PROVISIONING only while an attempt is being refused).
+        await async_wait_until(lambda: view(db, spot)["status"] == "PENDING", what="the spot-only job to wait PENDING")
         assert all(a["cause"] == "refused" and a["spot"] for a in view(db, spot)["attempt_list"])
         repo.request_cancel(db, spot)
         await wait_status(db, spot, "CANCELLED")

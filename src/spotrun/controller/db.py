@@ -12,7 +12,7 @@ import fcntl
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, insert, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,6 +22,7 @@ from spotrun.paths import default_db_url, private_file
 MIGRATIONS = Path(__file__).parent / "migrations"
 SCHEMA_HEAD = "0004"  # the newest migration; opening an up-to-date database skips alembic
 _PG_MIGRATE_LOCK = 0x5370_7472  # advisory lock key: any constant shared by all controllers
+EVENTS = "spotrun.events"  # Session.info key: events queued by repo.add_event
 
 
 class DatabaseError(RuntimeError):
@@ -53,9 +54,14 @@ class Database:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
-        """One transaction: committed when the block ends, rolled back on error."""
+        """One transaction: committed when the block ends, rolled back on error. Events the
+        block queued (`repo.add_event`) go in last, as one executemany INSERT."""
         with self._sessions() as s, s.begin():
             yield s
+            if events := s.info.pop(EVENTS, None):
+                from spotrun.controller.models import Event
+
+                s.execute(insert(Event), events)
 
     def close(self) -> None:
         self.engine.dispose()

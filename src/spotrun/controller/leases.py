@@ -119,17 +119,17 @@ class Leases:
                               .values(lease_owner=None).execution_options(synchronize_session=False))
         return [Claimed(*row) for row in rows]
 
-    def fence(self, s: Session, tokens: dict[str, int]) -> set[str]:
+    def fence(self, s: Session, tokens: dict[str, int]) -> dict[str, Job]:
         """The jobs of `tokens` (id -> the fencing token the writer read) this controller still
-        holds with that token. Their rows stay locked (PostgreSQL) until `s` commits, so no
-        takeover slips in before the write lands; they are loaded, so the writer's
-        `s.get(Job, id)` costs no second query."""
-        ids, held = list(tokens), set()
+        holds with that token, by id. Their rows stay locked (PostgreSQL) until `s` commits, so
+        no takeover slips in before the write lands. Keep the dict while writing: the session
+        holds loaded rows weakly, and while they live the writer's `s.get(Job, id)` is free."""
+        ids, held = list(tokens), {}
         for at in range(0, len(ids), 1000):
             for job in s.scalars(select(Job).where(Job.id.in_(ids[at:at + 1000]), Job.lease_owner == self.owner)
                                  .order_by(Job.id).with_for_update()):  # one lock order: no deadlock between writers
                 if job.lease_token == tokens[job.id]:
-                    held.add(job.id)
+                    held[job.id] = job
         return held
 
     def sweep_dead(self) -> None:

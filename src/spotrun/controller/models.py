@@ -84,7 +84,7 @@ class Job(Base):
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     # The controller driving the job; it holds it while its row in `controllers` is live.
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
-    lease_expires: Mapped[float] = mapped_column(Float, default=0.0)  # before 0003; leases follow heartbeats now
+    lease_expires: Mapped[float] = mapped_column(Float, default=0.0)  # before 0004; leases follow heartbeats now
     # Fencing token: raised by every change of owner; a write carrying an older one is refused.
     lease_token: Mapped[int] = mapped_column(Integer, default=0)
     shard: Mapped[int] = mapped_column(Integer, default=lambda ctx: shard_of(ctx.get_current_parameters()["id"]))

@@ -218,7 +218,7 @@ class Reconciler:
             del self._specs[gone]
             self._aware.discard(gone)
         if self.passes % self.sweep_every == 0:
-            await self.sweep_leaks(listed)
+            await self.sweep_leaks(listed, {a.token for a in current.values()})
             self.leases.sweep_dead()
         self.passes += 1
         self.lag_s, self.pass_s = self._pass_lag, time.monotonic() - started
@@ -309,11 +309,11 @@ class Reconciler:
             try:
                 with self.db.session() as s:
                     held = self.leases.fence(s, {job.id: job.lease_token for job, _, _, _ in batch})
-                    ids = [a for _, a, _, _ in batch]
+                    ids, attempts = [a for _, a, _, _ in batch], []  # held: the session keeps rows weakly
                     for at in range(0, len(ids), IN_CHUNK):  # into the session: each write's s.get is free
-                        s.scalars(select(Attempt).where(Attempt.id.in_(ids[at:at + IN_CHUNK])).with_for_update()).all()
+                        attempts += s.scalars(select(Attempt).where(Attempt.id.in_(ids[at:at + IN_CHUNK])).with_for_update()).all()
                     for job, _, write, _ in batch:
-                        results.append(write(s, s.get(Job, job.id)) if job.id in held else
+                        results.append(write(s, held[job.id]) if job.id in held else
                                        LeaseLost(f"job {job.id}: this controller ({self.owner}) no longer holds its lease"))
             except Exception as exc:  # noqa: BLE001  every writer of the batch hears it, and retries
                 for *_, done in batch:
@@ -330,7 +330,8 @@ class Reconciler:
         """A transaction that writes for `job`: refused (LeaseLost) unless this controller still
         holds the job with the fencing token it read it with."""
         with self.db.session() as s:
-            if not self.leases.fence(s, {job.id: job.lease_token}):
+            held = self.leases.fence(s, {job.id: job.lease_token})  # kept: the writer's s.get(Job) is free
+            if not held:
                 raise LeaseLost(f"job {job.id}: this controller ({self.owner}) no longer holds its lease")
             yield s
 
@@ -463,7 +464,7 @@ class Reconciler:
                     log.info("job %s: this controller no longer holds its lease; its new owner launches it", n.job.id)
                     continue
                 s.add(n.att)
-                j = s.get(Job, n.job.id)
+                j = held[n.job.id]
                 if j.status == JobStatus.PENDING.value:
                     j.status = JobStatus.PROVISIONING.value
                 repo.add_event(
@@ -570,7 +571,7 @@ class Reconciler:
                     Event.kind == "notice", Event.job_id.in_(noticing[at:at + IN_CHUNK]))))
             for job, att, inst in notes:
                 if job.id in held and att.id in live:
-                    self._note_state(s, s.get(Job, job.id), att, inst, recorded)
+                    self._note_state(s, held[job.id], att, inst, recorded)
 
     def _note_state(self, s: Session, j: Job, att: Attempt, inst: Instance, recorded: set[tuple[str, int]]) -> None:
         """Record what a live instance says of its job: the status it implies, and its notice
@@ -735,14 +736,16 @@ class Reconciler:
                 fi.seek(have)
                 fo.write(fi.read(size - have))
 
-    async def sweep_leaks(self, listed: Mapping[str, Mapping[str, Instance]] | None = None) -> list[str]:
+    async def sweep_leaks(self, listed: Mapping[str, Mapping[str, Instance]] | None = None,
+                          running: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Terminate live instances this database launched whose attempt has ended (an instance
         outliving its attempt, e.g. after a crash between the end's record and its terminate).
 
         Only instances stamped with this database's identity, and whose token it knows, are
         judged: another controller's (another database, or one recreated under the same home)
         are never touched, nor are instances from before identities existed. Controllers sharing
-        the database each sweep the instances of their own shards. `listed`: the pass's listings.
+        the database each sweep the instances of their own shards. `listed`: the pass's listings;
+        `running`: tokens of attempts the pass saw open, whose instances are not asked about.
         """
         terminated = []
         listed = listed or {}
@@ -753,7 +756,7 @@ class Reconciler:
             provider = self.provider(name)
             instances = (listed[name] if name in listed else await self._listing(name)).values()
             mine = [i for i in instances if i.state not in ENDED and i.owner == self.db.identity
-                    and (shards is None or shard_of(i.job_id) in shards)]
+                    and i.token not in running and (shards is None or shard_of(i.job_id) in shards)]
             if not mine:
                 continue
             ended: set[str] = set()

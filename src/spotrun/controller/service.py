@@ -2,7 +2,7 @@
 
 On SQLite exactly one controller may run per database file (an flock beside the file; the
 kernel drops it when the process dies, so a SIGKILLed controller never leaves a stale lock).
-On PostgreSQL several may run; each job is leased to one of them (see the reconciler).
+On PostgreSQL several may run; each job is leased to one of them (`controller/leases.py`).
 
 Discovery is per database: `controllers/<key>.json` under `$SPOTRUN_HOME` names the one
 controller `spotrun controller status/stop` mean for the database `SPOTRUN_DB_URL` selects, so
