@@ -1,30 +1,32 @@
-"""spotrun's own policy: Uniform Progress as the baseline, with one bounded deviation.
+"""spotrun's own policy: Uniform Progress as the baseline, with deviations paid from a ledger against it.
 
 It asks UP's rules first (`UniformProgress`, on the same observation) and departs from them
-only where its own estimate says that is cheaper, and only as far as a reserve of slack
-allows; the exact Safety Net (`is_safe`) has the last word, so it never misses a deadline
-on-demand could meet:
-- Leave on-demand for spot where UP's hysteresis would stay (UP waits until it is ahead of
-  ep(t + 2d)), when what is left of the spot run is expected to outlive `margin` x the
-  break-even of the two changeovers it may cost, 2kd/(k-1), with k the on-demand price over
-  the spot price *now* (the trace's own prices where it has them), and the slack after both
-  changeovers still holds `od_exit` x the slack of a job on UP's line. What is left of a run
-  is judged from its age and the runs seen (`residual_s`), shrunk towards a short prior, so
-  with little evidence it says "not worth it" and the policy stays with UP.
+only where its own estimate says that is cheaper; the exact Safety Net (`is_safe`) has the
+last word, so it never misses a deadline on-demand could meet.
+- The deviation: leave on-demand for spot where UP's hysteresis would stay (UP waits until it
+  is ahead of ep(t + 2d)), when what is left of the spot run is expected to outlive `margin` x
+  the break-even of the two changeovers it may cost, 2kd/(k-1), with k the on-demand price
+  over the spot price *now* (the trace's own prices where it has them), and the slack after
+  both changeovers still holds `od_exit` x the slack of a job on UP's line. What is left of a
+  run is judged from its age and the runs seen (`residual_s`), shrunk towards a short prior.
+- The ledger (the hedge): the policy replays UP itself on the same observations (a shadow
+  job: UP's decisions, progress and bill, which need nothing a live job does not see) and
+  keeps the score: UP's bill minus its own, plus the compute it is ahead of UP valued at the
+  on-demand price (the most a second of lag can cost to make up). A deviation is taken only
+  while the score, after the deviation's worst case (two changeovers of lag, one tick on
+  spot), stays above -`budget` x the job's on-demand bill. Deviations that lose on a trace
+  therefore stop by themselves after at most one, and a job that never gained never risks
+  more than the budget: where the estimate is wrong the policy falls back to UP's rules.
 - Spot dearer than on-demand is never launched; with several zones it launches in the
   cheapest zone with capacity, and (like UP) never hops while the running zone has capacity,
   so a job launches at most once per reclaim or switch.
 Everything it learns comes from the observations, so the controller can call it live.
-Otherwise it does what UP does, so where the deviation is never taken it costs what UP costs.
-The previous version also waited below UP's line (down to a reserve of slack); that changed
-nothing on the real traces and cost up to 1.3 % more than UP on synthetic ones, so it went.
-Parameters were chosen on the 2022 traces, the stress grid of docs/market.md and synthetic
-traces; see there for the cost against UP in every cell.
 """
 
 from __future__ import annotations
 
 from spotrun.market.policies.uniform_progress import UniformProgress
+from spotrun.market.sim import Run
 from spotrun.market.policy import IDLE, ON_DEMAND, ON_DEMAND_KIND, SPOT_KIND, Decision, JobSpec, Observation, is_safe, spot
 
 
@@ -37,11 +39,15 @@ class Adaptive:
         prior_lifetime_s: float = 3600,
         prior_weight: float = 1.0,
         margin: float = 1.5,
+        budget: float = 0.002,
+        risk: float = 1.0,
     ):
+        self.risk = risk
         self.od_exit = od_exit
         self.prior_lifetime_s = prior_lifetime_s
         self.prior_weight = prior_weight
         self.margin = margin
+        self.budget = budget
 
     def reset(self, job: JobSpec) -> None:
         self.job = job
@@ -50,6 +56,10 @@ class Adaptive:
         self.last: tuple[bool, ...] = ()
         self.baseline = UniformProgress()
         self.baseline.reset(job)
+        self.shadow = UniformProgress()  # UP on its own job, replayed on our observations
+        self.shadow.reset(job)
+        self.shadow_run = Run(job.compute_s)
+        self.own_run = Run(job.compute_s)  # our own bill, from our decisions
 
     def _observe(self, obs: Observation) -> None:
         if len(self.age_s) != len(obs.available):
@@ -76,8 +86,15 @@ class Adaptive:
         longer = [r - age for r in self.runs[zone] if r >= age - 1e-6]
         return (sum(longer) + w * self.prior_lifetime_s) / (len(longer) + w)
 
+    def score(self, obs: Observation) -> float:
+        """$ ahead of UP so far: UP's bill minus ours, plus the compute we are ahead, at on-demand price."""
+        up = self.shadow_run
+        ahead_s = (up.remaining + up.overhead) - (obs.remaining_compute_s + obs.overhead_left_s)
+        return up.cost - self.own_run.cost + ahead_s * obs.on_demand_price / 3600
+
     def decide(self, obs: Observation) -> Decision:
         self._observe(obs)
+        score = self._replay_up(obs)
         if obs.remaining_compute_s <= 0:
             return IDLE
         cheap = tuple(up and p < obs.on_demand_price for up, p in zip(obs.available, obs.spot_prices))
@@ -87,9 +104,37 @@ class Adaptive:
             choice = spot(self.best_zone(seen))
         elif obs.state.kind == ON_DEMAND_KIND and choice == ON_DEMAND and any(cheap):
             leave = spot(self.best_zone(seen))
-            if self.worth_leaving(seen, leave):
+            if self.worth_leaving(seen, leave) and score - self.risk * self.worst_loss(seen, leave) >= -self.allowance():
                 choice = leave
-        return choice if is_safe(obs, choice) else ON_DEMAND
+        choice = choice if is_safe(obs, choice) else ON_DEMAND
+        mine = self.own_run
+        mine.state, mine.overhead, mine.remaining = obs.state, obs.overhead_left_s, obs.remaining_compute_s
+        mine.step(choice, obs)
+        return choice
+
+    def _replay_up(self, obs: Observation) -> float:
+        """Advance the shadow UP by the tick `obs` starts, and return the score before it."""
+        run = self.shadow_run
+        seen = run.observe(obs.elapsed_s, self.job.deadline_s, obs.changeover_s, obs.available, obs.spot_prices,
+                           obs.on_demand_price, obs.tick_s)
+        score = self.score(obs)
+        if run.finish_s is None:
+            run.step(self.shadow.decide(seen), seen)
+        return score
+
+    def allowance(self) -> float:
+        """The most the ledger may stand below UP: `budget` x the job's bill on on-demand."""
+        return self.budget * self.job.compute_s * self.job.on_demand_price / 3600
+
+    @staticmethod
+    def worst_loss(obs: Observation, choice: Decision) -> float:
+        """What the deviation costs the score if the spot run dies after one tick.
+
+        Two changeovers of lag (the spot launch, then on-demand again) at the on-demand price,
+        less the tick billed at spot instead of on-demand.
+        """
+        d, g, od = obs.changeover_s, obs.tick_s, obs.on_demand_price
+        return (min(d, g) + d) * od / 3600 - (od - obs.spot_prices[choice.zone]) * g / 3600
 
     def best_zone(self, obs: Observation) -> int:
         """The cheapest zone with spot now; among equals UP's choice, the first.
@@ -102,7 +147,7 @@ class Adaptive:
         return min(zones, key=lambda z: (obs.spot_prices[z], z))
 
     def worth_leaving(self, obs: Observation, choice: Decision) -> bool:
-        """Leave on-demand for spot where UP's hysteresis would stay (first deviation).
+        """Leave on-demand for spot where UP's hysteresis would stay (the deviation).
 
         Only when what is left of the spot run is expected to outlive `margin` x the
         break-even of the two changeovers it may cost, 2kd/(k-1) with k from the prices now
