@@ -39,10 +39,10 @@ class Adaptive:
         prior_lifetime_s: float = 3600,
         prior_weight: float = 1.0,
         margin: float = 1.5,
-        budget: float = 0.002,
-        risk: float = 1.0,
+        budget: float = 0.01,
+        stake: float = 0.2,
     ):
-        self.risk = risk
+        self.stake = stake
         self.od_exit = od_exit
         self.prior_lifetime_s = prior_lifetime_s
         self.prior_weight = prior_weight
@@ -104,7 +104,7 @@ class Adaptive:
             choice = spot(self.best_zone(seen))
         elif obs.state.kind == ON_DEMAND_KIND and choice == ON_DEMAND and any(cheap):
             leave = spot(self.best_zone(seen))
-            if self.worth_leaving(seen, leave) and score - self.risk * self.worst_loss(seen, leave) >= -self.allowance():
+            if self.worth_leaving(seen, leave) and score - self.worst_loss(seen, leave) >= -self.allowance():
                 choice = leave
         choice = choice if is_safe(obs, choice) else ON_DEMAND
         mine = self.own_run
@@ -156,7 +156,9 @@ class Adaptive:
         """
         k, d = obs.on_demand_price / max(obs.spot_prices[choice.zone], 1e-9), obs.changeover_s
         long_enough = self.residual_s(choice.zone) > self.margin * 2 * k * d / (k - 1)
-        return long_enough and obs.slack_s - 2 * d >= self.od_exit * self.line_slack(obs) and is_safe(obs, choice)
+        slack = obs.slack_s
+        return (long_enough and slack - 2 * d >= self.od_exit * self.line_slack(obs) and 2 * d <= self.stake * slack
+                and is_safe(obs, choice))
 
     def line_slack(self, obs: Observation) -> float:
         """The slack of a job exactly on UP's line ep(t) = t C/D: R (D - C) / D."""
