@@ -23,6 +23,9 @@ from spotrun.market.trace import Trace
 # The optimum's grid must hold both the tick and d; finer than this many steps a tick, it
 # refuses rather than take minutes (a 1-second grid on 197-second ticks, say).
 MAX_STEPS_PER_TICK = 64
+# How much of the market before a job's start a policy may read (`warm`): a week, as clouds
+# keep spot history (AWS: 90 days of prices), and short enough to be cheap.
+HISTORY_S = 7 * 24 * 3600
 
 
 def exact_grid(changeover_s: float, gap_s: float) -> tuple[float, int, int]:
@@ -193,6 +196,9 @@ def simulate(policy: Policy, job: JobSpec, market: Market, start: int = 0) -> Ru
     price_rows = [tuple(r) for r in market.prices_at(job)[start : start + n].tolist()]
     od_price = job.on_demand_price
     policy.reset(job)
+    warm = getattr(policy, "warm", None)
+    if warm is not None:  # the market's past is known at the start, as a cloud's history is
+        warm(market.available[max(0, start - round(HISTORY_S / g)) : start], g)
     run = Run(job.compute_s)
     for i in range(n):
         obs = run.observe(i * g, job.deadline_s, d, rows[i], price_rows[i], od_price, g)
