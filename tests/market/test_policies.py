@@ -11,7 +11,7 @@ from spotrun.market.policies.optimum import solve
 from spotrun.market.policy import IDLE, ON_DEMAND, JobSpec, Observation, is_safe, spot
 from spotrun.market.sim import Market, simulate
 from spotrun.market.trace import Trace, resolve, synthetic
-from tests.market.helpers import Script, heavy_tailed, market
+from tests.market.helpers import Script, heavy_tailed, market, random_market
 
 G = 600.0
 
@@ -181,17 +181,7 @@ def test_adaptive_ranks_zones_by_the_history_before_the_start():
 @pytest.mark.parametrize("seed", range(12))
 def test_adaptive_costs_no_more_than_up_on_random_traces(seed):
     """Property: on synthetic traces (both run shapes, moving prices, zones), mean cost <= UP's + 0.5 %, no misses."""
-    rng = np.random.default_rng(500 + seed)
-    gap = [600.0, 300.0, 195.0][seed % 3]
-    traces = []
-    for z in range(1 + seed // 4):
-        a, life = float(rng.uniform(0.15, 0.9)), float(rng.uniform(0.3, 4)) * 3600
-        t = heavy_tailed(150, gap, a, life / 3, seed=seed * 5 + z) if seed % 2 else synthetic(150, gap, a, life, seed=seed)
-        prices = np.repeat(rng.uniform(0.5, 2.5, t.ticks // 12 + 1), 12)[: t.ticks] if seed % 3 == 1 else None
-        traces.append(Trace(t.name, gap, t.available, prices=prices))
-    m = Market.of(traces)
-    compute, changeover = float(rng.choice([8.0, 24.0])) * 3600, float(rng.choice([180.0, 720.0, 1800.0]))
-    job = JobSpec(compute, max(compute / float(rng.choice([0.5, 0.8, 0.95])), compute + 2 * changeover), changeover)
+    job, m = random_market(seed)
     starts = m.random_starts(job, 12, seed)
     up = [simulate(make("up"), job, m, int(s)) for s in starts]
     ad = [simulate(make("adaptive"), job, m, int(s)) for s in starts]
