@@ -16,7 +16,7 @@ and both policies' spot use against the optimum's.
     .venv/bin/python benchmarks/market_sweep.py --fine [--starts 300]
     .venv/bin/python benchmarks/market_sweep.py --grid [--starts 20]
     .venv/bin/python benchmarks/market_sweep.py --zones [--starts 30]
-    .venv/bin/python benchmarks/market_sweep.py --synthetic 48 [--starts 12]
+    PYTHONPATH=. .venv/bin/python benchmarks/market_sweep.py --synthetic 48 [--starts 12]
 """
 
 from __future__ import annotations

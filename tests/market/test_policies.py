@@ -84,7 +84,7 @@ def test_up_deadline_check_in_ticks():
 
 
 def test_adaptive_hops_zones_and_leaves_on_demand_only_for_long_spot():
-    ad = make("adaptive")
+    ad = Adaptive(budget=float("inf"))  # the rule alone; the ledger is tested below
     job = JobSpec(48 * 3600, 60 * 3600, 0.2 * 3600)
     ad.reset(job)
     assert ad.decide(obs(job, 0, 0, available=(False, True))) == spot(1)
@@ -119,7 +119,7 @@ def test_adaptive_leaves_on_demand_for_a_spot_run_that_has_lasted_not_a_fresh_on
 
 def test_adaptive_reads_the_price_now_not_the_job_default():
     job = JobSpec(48 * 3600, 60 * 3600, 0.2 * 3600)
-    ad = make("adaptive")
+    ad = Adaptive(budget=float("inf"))  # the rule alone
 
     def at(price: float, state=ON_DEMAND):
         return Observation(0, job.compute_s, job.deadline_s, job.changeover_s, state, (True,), (price,),
@@ -137,15 +137,17 @@ def test_adaptive_reads_the_price_now_not_the_job_default():
 def test_the_ledger_refuses_a_deviation_whose_worst_case_it_cannot_cover():
     """At the start, on on-demand with spot there, the rule says leave (the prior's 1 h outlives
     1.5 x the break-even); the ledger agrees only while a run that dies after one tick (two
-    changeovers of lag at on-demand price, less the tick on spot) fits the budget: 1 % of the
-    job's on-demand bill, so $1.47 for 48 h of compute but $0.49 for 16 h."""
-    short, long = JobSpec(16 * 3600, 32 * 3600, 720), JobSpec(48 * 3600, 96 * 3600, 720)
+    changeovers of lag at on-demand price, less the tick on spot) fits the allowance: 1.5 % of
+    a floor of UP's bill (all its compute at the spot price), $0.66 for 48 h but $0.83 for 60 h."""
+    short, long = JobSpec(48 * 3600, 96 * 3600, 720), JobSpec(60 * 3600, 120 * 3600, 720)
     worst = (600 + 720) * 3.06 / 3600 - (3.06 - 0.918) * 600 / 3600  # $0.765
 
     def first(ad: Adaptive, job: JobSpec):
         ad.reset(job)
-        assert ad.worst_loss(obs(job, 0, 0, state=ON_DEMAND), spot(0)) == pytest.approx(worst)
-        return ad.decide(obs(job, 0, 0, state=ON_DEMAND))
+        o = obs(job, 0, 0, state=ON_DEMAND)
+        assert ad.worst_loss(o, spot(0)) == pytest.approx(worst)
+        assert ad.allowance(o) == pytest.approx(ad.budget * job.compute_s * 0.918 / 3600)
+        return ad.decide(o)
 
     assert first(Adaptive(budget=float("inf")), short) == spot(0)
     assert first(Adaptive(), short) == ON_DEMAND
@@ -163,18 +165,19 @@ def test_the_ledger_scores_against_up_replayed_on_the_same_market():
     assert ad.own_run.cost == pytest.approx(r.cost)
 
 
-def test_adaptive_ranks_zones_by_the_history_before_the_start():
+def test_adaptive_can_rank_zones_by_the_history_before_the_start():
     """Two zones with spot at the start: zone 0's runs last one tick, zone 1's ten hours. UP takes
-    the first; adaptive, which read the week before the start, takes zone 1 and keeps it."""
+    the first; adaptive ranking zones (opt-in), which read the week before the start, takes zone 1."""
     long = ([True] * 60 + [False]) * 4
     n = len(long)
     short = ([True, False] * n)[: n + 40]  # available at the start tick n (even), gone the next
     m = market(short, long + [True] * 40)
     job = JobSpec(3 * 3600, 6 * 3600, 720)
     up = simulate(make("up"), job, m, start=n)
-    ad = simulate(make("adaptive"), job, m, start=n)
+    ad = simulate(Adaptive(rank_zones=True), job, m, start=n)
+    assert simulate(make("adaptive"), job, m, start=n).cost == pytest.approx(up.cost)  # by default, UP's choice
     assert up.changeovers > 1 and ad.changeovers == 1 and ad.cost < up.cost
-    fresh = simulate(make("adaptive"), job, market(short, [True] * (n + 40)), start=0)
+    fresh = simulate(Adaptive(rank_zones=True), job, market(short, [True] * (n + 40)), start=0)
     assert fresh.changeovers > 1  # without history nothing tells the zones apart: zone 0 first
 
 

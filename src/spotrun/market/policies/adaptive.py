@@ -42,9 +42,11 @@ class Adaptive:
         prior_lifetime_s: float = 3600,
         prior_weight: float = 1.0,
         margin: float = 1.5,
-        budget: float = 0.01,
+        budget: float = 0.015,
         stake: float = 0.2,
+        rank_zones: bool = False,
     ):
+        self.rank_zones = rank_zones
         self.stake = stake
         self.od_exit = od_exit
         self.prior_lifetime_s = prior_lifetime_s
@@ -123,7 +125,8 @@ class Adaptive:
 
     def decide(self, obs: Observation) -> Decision:
         self._observe(obs)
-        score = self._replay_up(obs)
+        score, allowance = self.score(obs), self.allowance(obs)
+        self._replay_up(obs)
         if obs.remaining_compute_s <= 0:
             return IDLE
         cheap = tuple(up and p < obs.on_demand_price for up, p in zip(obs.available, obs.spot_prices))
@@ -133,7 +136,7 @@ class Adaptive:
             choice = spot(self.best_zone(seen))
         elif obs.state.kind == ON_DEMAND_KIND and choice == ON_DEMAND and any(cheap):
             leave = spot(self.best_zone(seen))
-            if self.worth_leaving(seen, leave) and score - self.worst_loss(seen, leave) >= -self.allowance():
+            if self.worth_leaving(seen, leave) and score - self.worst_loss(seen, leave) >= -allowance:
                 choice = leave
         choice = choice if is_safe(obs, choice) else ON_DEMAND
         mine = self.own_run
@@ -141,19 +144,22 @@ class Adaptive:
         mine.step(choice, obs)
         return choice
 
-    def _replay_up(self, obs: Observation) -> float:
-        """Advance the shadow UP by the tick `obs` starts, and return the score before it."""
+    def _replay_up(self, obs: Observation) -> None:
+        """Advance the shadow UP through the tick `obs` starts."""
         run = self.shadow_run
         seen = run.observe(obs.elapsed_s, self.job.deadline_s, obs.changeover_s, obs.available, obs.spot_prices,
                            obs.on_demand_price, obs.tick_s)
-        score = self.score(obs)
         if run.finish_s is None:
             run.step(self.shadow.decide(seen), seen)
-        return score
 
-    def allowance(self) -> float:
-        """The most the ledger may stand below UP: `budget` x the job's bill on on-demand."""
-        return self.budget * self.job.compute_s * self.job.on_demand_price / 3600
+    def allowance(self, obs: Observation) -> float:
+        """The most the ledger may stand below UP: `budget` x a floor of UP's final bill.
+
+        The floor is what UP has spent plus its remaining compute at the cheapest spot price
+        now, so the allowance is a fraction of UP's own cost, whatever the prices.
+        """
+        up = self.shadow_run
+        return self.budget * (up.cost + (up.remaining + up.overhead) * min(obs.spot_prices) / 3600)
 
     @staticmethod
     def worst_loss(obs: Observation, choice: Decision) -> float:
@@ -166,9 +172,27 @@ class Adaptive:
         return (min(d, g) + d) * od / 3600 - (od - obs.spot_prices[choice.zone]) * g / 3600
 
     def best_zone(self, obs: Observation) -> int:
-        """The cheapest zone with spot now; among equals, the one whose run is expected to last longest."""
+        """The cheapest zone with spot now; among equals UP's choice, the first.
+
+        With `rank_zones`, another equal-priced zone whose run the market's history (`warm`)
+        expects to last twice as long is taken instead. Off by default: on the five 2023 zones
+        with 1.3 h of slack and d = 0.5 h it cuts the cost from $70.85 to $56.05 a job (the best
+        zone alone: $52.82), but on random tight multi-zone markets it cost up to 3 % more than
+        UP (60 starts), outside the noise this policy promises.
+        """
         zones = [z for z, up in enumerate(obs.available) if up]
-        return min(zones, key=lambda z: (obs.spot_prices[z], -self.residual_s(z, history=True), z))
+        price = min(obs.spot_prices[z] for z in zones)
+        cheapest = [z for z in zones if obs.spot_prices[z] == price]
+        first = cheapest[0]
+        if not self.rank_zones:
+            return first
+        best = max(cheapest, key=lambda z: self.residual_s(z, history=True))
+        return best if self.residual_s(best, history=True) >= 2 * self.residual_s(first, history=True) else first
+
+    def break_even_s(self, obs: Observation, zone: int) -> float:
+        """How long a spot run must last to pay for the two changeovers a wrong guess costs: margin x 2kd/(k-1)."""
+        k = obs.on_demand_price / max(obs.spot_prices[zone], 1e-9)
+        return self.margin * 2 * k * obs.changeover_s / (k - 1) if k > 1 else float("inf")
 
     def worth_leaving(self, obs: Observation, choice: Decision) -> bool:
         """Leave on-demand for spot where UP's hysteresis would stay (the deviation).
@@ -178,8 +202,8 @@ class Adaptive:
         (spot is cheaper here, so k > 1), and the slack after both still holds `od_exit` x the
         line's: a wrong guess then costs at most two changeovers and leaves the job on UP's terms.
         """
-        k, d = obs.on_demand_price / max(obs.spot_prices[choice.zone], 1e-9), obs.changeover_s
-        long_enough = self.residual_s(choice.zone) > self.margin * 2 * k * d / (k - 1)
+        d = obs.changeover_s
+        long_enough = self.residual_s(choice.zone) > self.break_even_s(obs, choice.zone)
         slack = obs.slack_s
         return (long_enough and slack - 2 * d >= self.od_exit * self.line_slack(obs) and 2 * d <= self.stake * slack
                 and is_safe(obs, choice))
