@@ -59,9 +59,7 @@ class Adaptive:
         self.age_s: list[float] = []
         self.baseline = UniformProgress()
         self.baseline.reset(job)
-        self.shadow = UniformProgress()  # UP on its own job, replayed on our observations
-        self.shadow.reset(job)
-        self.shadow_run = Run(job.compute_s)
+        self.shadow_run = Run(job.compute_s)  # UP's own job, replayed on our observations
         self.own_run = Run(job.compute_s)  # our own bill, from our decisions
 
     def warm(self, past: np.ndarray, gap_s: float) -> None:
@@ -125,32 +123,29 @@ class Adaptive:
 
     def decide(self, obs: Observation) -> Decision:
         self._observe(obs)
-        score, allowance = self.score(obs), self.allowance(obs)
-        self._replay_up(obs)
+        up = self.shadow_run
+        up_obs = up.observe(obs.elapsed_s, self.job.deadline_s, obs.changeover_s, obs.available, obs.spot_prices,
+                            obs.on_demand_price, obs.tick_s)  # the shadow's spot instance is reclaimed too
         if obs.remaining_compute_s <= 0:
             return IDLE
         cheap = tuple(up and p < obs.on_demand_price for up, p in zip(obs.available, obs.spot_prices))
-        seen = obs._replace(available=cheap)  # spot dearer than on-demand is never worth a launch
+        seen = obs if cheap == obs.available else obs._replace(available=cheap)  # dearer spot: never launched
         choice = self.baseline.decide(seen)
+        # Until the first deviation both jobs are in one state, so UP's answer is the shadow's (UP keeps no state).
+        up_choice = choice if seen is obs and up_obs == obs else self.baseline.decide(up_obs)
         if choice.kind == SPOT_KIND and obs.state.kind != SPOT_KIND:
             choice = spot(self.best_zone(seen))
         elif obs.state.kind == ON_DEMAND_KIND and choice == ON_DEMAND and any(cheap):
             leave = spot(self.best_zone(seen))
-            if self.worth_leaving(seen, leave) and score - self.worst_loss(seen, leave) >= -allowance:
+            if self.worth_leaving(seen, leave) and self.score(obs) - self.worst_loss(seen, leave) >= -self.allowance(obs):
                 choice = leave
         choice = choice if is_safe(obs, choice) else ON_DEMAND
+        if up.finish_s is None:
+            up.step(up_choice, up_obs)
         mine = self.own_run
         mine.state, mine.overhead, mine.remaining = obs.state, obs.overhead_left_s, obs.remaining_compute_s
         mine.step(choice, obs)
         return choice
-
-    def _replay_up(self, obs: Observation) -> None:
-        """Advance the shadow UP through the tick `obs` starts."""
-        run = self.shadow_run
-        seen = run.observe(obs.elapsed_s, self.job.deadline_s, obs.changeover_s, obs.available, obs.spot_prices,
-                           obs.on_demand_price, obs.tick_s)
-        if run.finish_s is None:
-            run.step(self.shadow.decide(seen), seen)
 
     def allowance(self, obs: Observation) -> float:
         """The most the ledger may stand below UP: `budget` x a floor of UP's final bill.
