@@ -6,21 +6,26 @@ last word, so it never misses a deadline on-demand could meet.
 - The deviation: leave on-demand for spot where UP's hysteresis would stay (UP waits until it
   is ahead of ep(t + 2d)), when what is left of the spot run is expected to outlive `margin` x
   the break-even of the two changeovers it may cost, 2kd/(k-1), with k the on-demand price
-  over the spot price *now* (the trace's own prices where it has them), and the slack after
-  both changeovers still holds `od_exit` x the slack of a job on UP's line. What is left of a
-  run is judged from its age and the runs seen (`residual_s`), shrunk towards a short prior.
+  over the spot price *now* (the trace's own prices where it has them); the slack after both
+  changeovers still holds `od_exit` x the slack of a job on UP's line; and the two
+  changeovers are at most `stake` x the slack (with tight slack, lag is paid at the end on
+  on-demand while UP rides spot). What is left of a run is judged from its age and the runs
+  seen (`residual_s`), shrunk towards a short prior.
 - The ledger (the hedge): the policy replays UP itself on the same observations (a shadow
   job: UP's decisions, progress and bill, which need nothing a live job does not see) and
   keeps the score: UP's bill minus its own, plus the compute it is ahead of UP valued at the
   on-demand price (the most a second of lag can cost to make up). A deviation is taken only
-  while the score, after the deviation's worst case (two changeovers of lag, one tick on
-  spot), stays above -`budget` x the job's on-demand bill. Deviations that lose on a trace
-  therefore stop by themselves after at most one, and a job that never gained never risks
-  more than the budget: where the estimate is wrong the policy falls back to UP's rules.
+  while the score, after the deviation's worst case (the run dies after one tick), stays
+  above -`budget` x a floor of UP's bill. Deviations that lose stop by themselves, and a job
+  that has not gained never risks more than the budget on one: where the estimate is wrong
+  the policy falls back to UP's rules.
 - Spot dearer than on-demand is never launched; with several zones it launches in the
-  cheapest zone with capacity, and (like UP) never hops while the running zone has capacity,
-  so a job launches at most once per reclaim or switch.
+  cheapest zone with capacity, the first among equals as UP does (`rank_zones` reads the
+  market's history instead), and never hops while the running zone has capacity, so a job
+  launches at most once per reclaim or deviation.
 Everything it learns comes from the observations, so the controller can call it live.
+Parameters were chosen on the stress grid, the paper set-up and synthetic markets; see
+docs/market.md for the cost against UP in every cell.
 """
 
 from __future__ import annotations
