@@ -90,6 +90,10 @@ class Observation(NamedTuple):
 
 
 class Policy(Protocol):
+    """What the simulator and the controller call. A policy may also have `warm(past, gap_s)`:
+    the simulator then hands it the market's availability before the start ((ticks, zones)
+    bool, up to `sim.HISTORY_S`), as a cloud's spot history would; the controller does not."""
+
     name: str
 
     def reset(self, job: JobSpec) -> None: ...
