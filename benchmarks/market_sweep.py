@@ -32,8 +32,7 @@ import numpy as np
 from spotrun.market.policies import ALL
 from spotrun.market.policies.optimum import solve
 from spotrun.market.policy import JobSpec
-from spotrun.market.policies.adaptive import Adaptive
-from spotrun.market.sim import Market, simulate
+from spotrun.market.sim import Market
 from spotrun.market.sweep import _run, per_market, run_sweep, summarize
 from spotrun.market.trace import bundled, bundled_kind, load_trace, resolve
 
@@ -192,7 +191,7 @@ def zones(starts: int, seed: int) -> dict:
             row[f"{p} $"] = float(np.mean([r.cost for r in runs]))
             row[f"{p} launches"] = float(np.mean([r.changeovers for r in runs]))
             row[f"{p} misses"] = sum(not r.met_deadline for r in runs)
-        ranked = [simulate(Adaptive(rank_zones=True), job, market, int(s)) for s in ticks]
+        ranked = _run(job, market, "adaptive-zones", ticks)
         row["adaptive, zones ranked $"] = float(np.mean([r.cost for r in ranked]))
         row["ranked launches"] = float(np.mean([r.changeovers for r in ranked]))
         alone = {t.name: _run(job, Market.of([t]), "adaptive", ticks) for t in traces}

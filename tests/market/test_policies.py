@@ -174,7 +174,8 @@ def test_adaptive_can_rank_zones_by_the_history_before_the_start():
     m = market(short, long + [True] * 40)
     job = JobSpec(3 * 3600, 6 * 3600, 720)
     up = simulate(make("up"), job, m, start=n)
-    ad = simulate(Adaptive(rank_zones=True), job, m, start=n)
+    ad = simulate(make("adaptive-zones"), job, m, start=n)
+    assert ad.policy == "adaptive-zones"
     assert simulate(make("adaptive"), job, m, start=n).cost == pytest.approx(up.cost)  # by default, UP's choice
     assert up.changeovers > 1 and ad.changeovers == 1 and ad.cost < up.cost
     fresh = simulate(Adaptive(rank_zones=True), job, market(short, [True] * (n + 40)), start=0)

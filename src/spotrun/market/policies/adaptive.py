@@ -52,6 +52,7 @@ class Adaptive:
         rank_zones: bool = False,
     ):
         self.rank_zones = rank_zones
+        self.name = "adaptive-zones" if rank_zones else "adaptive"
         self.stake = stake
         self.od_exit = od_exit
         self.prior_lifetime_s = prior_lifetime_s
