@@ -191,16 +191,12 @@ def zones(starts: int, seed: int) -> dict:
             row[f"{p} $"] = float(np.mean([r.cost for r in runs]))
             row[f"{p} launches"] = float(np.mean([r.changeovers for r in runs]))
             row[f"{p} misses"] = sum(not r.met_deadline for r in runs)
-        ranked = _run(job, market, "adaptive-zones", ticks)
-        row["adaptive, zones ranked $"] = float(np.mean([r.cost for r in ranked]))
-        row["ranked launches"] = float(np.mean([r.changeovers for r in ranked]))
         alone = {t.name: _run(job, Market.of([t]), "adaptive", ticks) for t in traces}
         best = min(alone, key=lambda n: np.mean([r.cost for r in alone[n]]))
         row["best zone alone"] = best
         row["its $"] = float(np.mean([r.cost for r in alone[best]]))
         row["its launches"] = float(np.mean([r.changeovers for r in alone[best]]))
         row["market / best zone"] = row["adaptive $"] / row["its $"]
-        row["ranked / best zone"] = row["adaptive, zones ranked $"] / row["its $"]
         rows.append(row)
     return {"command": " ".join([".venv/bin/python", *sys.argv]), "tables": {"Multi-zone": rows}}
 

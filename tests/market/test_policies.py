@@ -165,21 +165,20 @@ def test_the_ledger_scores_against_up_replayed_on_the_same_market():
     assert ad.own_run.cost == pytest.approx(r.cost)
 
 
-def test_adaptive_can_rank_zones_by_the_history_before_the_start():
+def test_adaptive_picks_the_zone_whose_runs_clearly_last_longer():
     """Two zones with spot at the start: zone 0's runs last one tick, zone 1's ten hours. UP takes
-    the first; adaptive ranking zones (opt-in), which read the week before the start, takes zone 1."""
+    the first; adaptive, which reads the week before the start, takes zone 1 and launches once.
+    From the trace's first tick (no history) nothing tells them apart: UP's choice, zone 0."""
     long = ([True] * 60 + [False]) * 4
     n = len(long)
     short = ([True, False] * n)[: n + 40]  # available at the start tick n (even), gone the next
     m = market(short, long + [True] * 40)
     job = JobSpec(3 * 3600, 6 * 3600, 720)
     up = simulate(make("up"), job, m, start=n)
-    ad = simulate(make("adaptive-zones"), job, m, start=n)
-    assert ad.policy == "adaptive-zones"
-    assert simulate(make("adaptive"), job, m, start=n).cost == pytest.approx(up.cost)  # by default, UP's choice
+    ad = simulate(make("adaptive"), job, m, start=n)
     assert up.changeovers > 1 and ad.changeovers == 1 and ad.cost < up.cost
-    fresh = simulate(Adaptive(rank_zones=True), job, market(short, [True] * (n + 40)), start=0)
-    assert fresh.changeovers > 1  # without history nothing tells the zones apart: zone 0 first
+    fresh, fresh_up = (simulate(make(p), job, m, start=0) for p in ("adaptive", "up"))
+    assert fresh.changeovers == fresh_up.changeovers == 2 and fresh.cost == pytest.approx(fresh_up.cost)
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -16,8 +16,6 @@ ONLINE: dict[str, Callable[[], Policy]] = {
     "greedy": Greedy,
     "up": UniformProgress,
     "adaptive": Adaptive,
-    # Zones ranked by the market's history before the start: not the default (docs/market.md, multi-zone).
-    "adaptive-zones": lambda: Adaptive(rank_zones=True),
 }
 ALL = [*ONLINE, OPTIMUM]
 

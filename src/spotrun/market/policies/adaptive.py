@@ -20,9 +20,10 @@ last word, so it never misses a deadline on-demand could meet.
   that has not gained never risks more than the budget on one: where the estimate is wrong
   the policy falls back to UP's rules.
 - Spot dearer than on-demand is never launched; with several zones it launches in the
-  cheapest zone with capacity, the first among equals as UP does (`rank_zones` reads the
-  market's history instead), and never hops while the running zone has capacity, so a job
-  launches at most once per reclaim or deviation.
+  cheapest zone with capacity; among equals UP's choice, the first, unless the evidence
+  (hours of spot per reclaim, in the market's history and since the start) says clearly that
+  another's runs last longer (`best_zone`). It never hops while the running zone has capacity,
+  so a job launches at most once per reclaim or deviation.
 Everything it learns comes from the observations, so the controller can call it live.
 Parameters were chosen on the stress grid, the paper set-up and synthetic markets; see
 docs/market.md for the cost against UP in every cell.
@@ -35,7 +36,6 @@ import numpy as np
 from spotrun.market.policies.uniform_progress import UniformProgress
 from spotrun.market.policy import IDLE, ON_DEMAND, ON_DEMAND_KIND, SPOT_KIND, Decision, JobSpec, Observation, is_safe, spot
 from spotrun.market.sim import Run
-from spotrun.market.trace import Trace
 
 
 class Adaptive:
@@ -49,10 +49,9 @@ class Adaptive:
         margin: float = 1.5,
         budget: float = 0.015,
         stake: float = 0.2,
-        rank_zones: bool = False,
+        evidence: float = 2.0,
     ):
-        self.rank_zones = rank_zones
-        self.name = "adaptive-zones" if rank_zones else "adaptive"
+        self.evidence = evidence
         self.stake = stake
         self.od_exit = od_exit
         self.prior_lifetime_s = prior_lifetime_s
@@ -73,26 +72,19 @@ class Adaptive:
 
         Used to rank zones (`best_zone`), not for the deviation, which was measured on what a
         job sees itself: with history it deviated more and lost (up to +0.8 % against UP at
-        d = 0.5 h, C = 100 h). A run already going at the start of `past` is cut short, so it
-        is left out.
+        d = 0.5 h, C = 100 h).
         """
-        if not self.rank_zones:
-            return
         self._start(past.shape[1])
-        for z in range(past.shape[1] if len(past) else 0):
-            ended = list(Trace("past", gap_s, past[:, z]).runs()[0])
-            self.run_age_s[z] = ended.pop() if past[-1, z] else 0.0  # the run going on at the start
-            if past[0, z] and ended:
-                ended.pop(0)
-            self.all_runs[z] = ended
         if len(past):
+            self.held_s = list(past.sum(axis=0) * gap_s)
+            self.reclaims = list((past[:-1] & ~past[1:]).sum(axis=0))
             self.last = tuple(bool(x) for x in past[-1])
 
     def _start(self, zones: int) -> None:
         self.age_s = [0.0] * zones  # how long each zone's current run has lasted in the job
-        self.run_age_s = [0.0] * zones  # the same, counting the history before the start
         self.runs: list[list[float]] = [[] for _ in range(zones)]  # each zone's ended runs in the job
-        self.all_runs: list[list[float]] = [[] for _ in range(zones)]  # ended runs, the history before the start too
+        self.held_s = [0.0] * zones  # time each zone had spot, the history before the start too
+        self.reclaims = [0] * zones  # and how often its spot ended
         self.last = (False,) * zones
 
     def _observe(self, obs: Observation) -> None:
@@ -102,23 +94,22 @@ class Adaptive:
         for z, up in enumerate(obs.available):
             if up:
                 self.age_s[z] += obs.tick_s
-                self.run_age_s[z] += obs.tick_s
+                self.held_s[z] += obs.tick_s
             elif self.last[z]:
                 self.runs[z].append(self.age_s[z])
-                self.all_runs[z].append(self.run_age_s[z])
-                self.age_s[z] = self.run_age_s[z] = 0.0
+                self.reclaims[z] += 1
+                self.age_s[z] = 0.0
         self.last = obs.available
 
-    def residual_s(self, zone: int, history: bool = False) -> float:
+    def residual_s(self, zone: int) -> float:
         """Expected time left of the zone's current spot run, given how long it has lasted.
 
         Spot runs are far from memoryless: most end within minutes, but one that has held a
         while tends to hold much longer. So the ended runs that lasted at least the current
         one's age (it holds through this tick, which the age already counts) say how long it
-        will go on, shrunk towards the prior while few have. With `history`, the runs and the
-        age include the market before the start.
+        will go on, shrunk towards the prior while few have.
         """
-        age, runs = (self.run_age_s[zone], self.all_runs[zone]) if history else (self.age_s[zone], self.runs[zone])
+        age, runs = self.age_s[zone], self.runs[zone]
         w = self.prior_weight
         longer = [r - age for r in runs if r >= age - 1e-6]
         return (sum(longer) + w * self.prior_lifetime_s) / (len(longer) + w)
@@ -175,22 +166,32 @@ class Adaptive:
         return (min(d, g) + d) * od / 3600 - (od - obs.spot_prices[choice.zone]) * g / 3600
 
     def best_zone(self, obs: Observation) -> int:
-        """The cheapest zone with spot now; among equals UP's choice, the first.
+        """The cheapest zone with spot now; among equals UP's choice, the first, unless the evidence is clear.
 
-        With `rank_zones`, another equal-priced zone whose run the market's history (`warm`)
-        expects to last twice as long is taken instead. Off by default: on the five 2023 zones
-        with 1.3 h of slack and d = 0.5 h it cuts the cost from $70.07 to $53.69 a job (the best
-        zone alone: $54.24), but on random tight multi-zone markets it cost up to 3 % more than
-        UP (60 starts), outside the noise this policy promises.
+        Another equal-priced zone is taken when its runs last longer than the first's beyond
+        doubt: its mean run (`life_s`, hours of spot per reclaim in the week before the start
+        and since) counted `evidence` Poisson deviations short still beats the first's counted
+        as many long. On the five 2023 zones with 1.3 h of slack and d = 0.5 h that is what
+        makes the market no dearer than its best zone alone (the first zone's runs are short);
+        a weaker rule (the longest mean, or a 2x margin on the age-conditioned residual) cost
+        up to 17 % more than UP on random tight multi-zone markets, where a week holds only a
+        few runs (docs/market.md, multi-zone).
         """
         zones = [z for z, up in enumerate(obs.available) if up]
         price = min(obs.spot_prices[z] for z in zones)
         cheapest = [z for z in zones if obs.spot_prices[z] == price]
         first = cheapest[0]
-        if not self.rank_zones:
-            return first
-        best = max(cheapest, key=lambda z: self.residual_s(z, history=True))
-        return best if self.residual_s(best, history=True) >= 2 * self.residual_s(first, history=True) else first
+        best = max(cheapest, key=self.life_s)
+        return best if self.life_s(best, self.evidence) >= self.life_s(first, -self.evidence) else first
+
+    def life_s(self, zone: int, sigmas: float = 0.0) -> float:
+        """A zone's mean spot run: time held per reclaim, with the count `sigmas` Poisson deviations higher.
+
+        The run going on counts as one reclaim to come, so a zone never seen reclaimed is not
+        taken to last forever, and one seen briefly is not taken for a long one.
+        """
+        n = self.reclaims[zone] + 1
+        return self.held_s[zone] / max(n + sigmas * n ** 0.5, 0.5)
 
     def break_even_s(self, obs: Observation, zone: int) -> float:
         """How long a spot run must last to pay for the two changeovers a wrong guess costs: margin x 2kd/(k-1)."""
