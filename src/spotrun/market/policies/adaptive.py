@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from spotrun.market.policies.uniform_progress import UniformProgress
-from spotrun.market.policy import IDLE, ON_DEMAND, ON_DEMAND_KIND, SPOT_KIND, Decision, JobSpec, Observation, is_safe, spot
+from spotrun.market.policy import IDLE, IDLE_KIND, ON_DEMAND, ON_DEMAND_KIND, SPOT_KIND, Decision, JobSpec, Observation, is_safe, spot
 from spotrun.market.sim import Run
 
 
@@ -145,6 +145,31 @@ class Adaptive:
         mine.state, mine.overhead, mine.remaining = obs.state, obs.overhead_left_s, obs.remaining_compute_s
         mine.step(choice, obs)
         return choice
+
+    def ride(self, obs: Observation, ticks: int, cost: float) -> bool:
+        """Stays where UP would and the exact Safety Net holds (a tick of work leaves the slack as
+        it is), while the shadow UP can ride the same ticks too; the ledger and the zones' runs
+        move on as if decided tick by tick."""
+        up = self.shadow_run
+        if up.finish_s is None:
+            up_obs = obs._replace(remaining_compute_s=up.remaining, state=up.state, overhead_left_s=up.overhead)
+            if (up.state.kind == IDLE_KIND or up.overhead > 0 or up.remaining <= ticks * obs.tick_s
+                    or not self.baseline.ride(up_obs, ticks, 0.0)):
+                return False
+        cheap = any(a and p < obs.on_demand_price for a, p in zip(obs.available, obs.spot_prices))
+        stays = obs.state.kind == SPOT_KIND or not cheap
+        if not (stays and is_safe(obs, obs.state)):
+            return False
+        if up.finish_s is None:
+            price = obs.on_demand_price if up.state.kind == ON_DEMAND_KIND else obs.spot_prices[up.state.zone]
+            up.ride(ticks, obs.tick_s, price * ticks * obs.tick_s / 3600)
+        self.own_run.ride(ticks, obs.tick_s, cost)
+        span = ticks * obs.tick_s
+        for z, a in enumerate(obs.available):
+            if a:
+                self.age_s[z] += span
+                self.held_s[z] += span
+        return True
 
     def allowance(self, obs: Observation) -> float:
         """The most the ledger may stand below UP: `budget` x a floor of UP's final bill.
