@@ -7,6 +7,7 @@ timed run is the whole sweep over `--workers` processes (target: under 60 s on 2
 `--fine` times the sweep on the fine-grained traces (30- and 32-second ticks), the optimum
 with the tick solver (the baseline, as before) against the default choice (the segment one).
 `--zones` compares multi-zone markets with their best zone run alone (cost, launches).
+`--synthetic N` runs adaptive against UP on N random markets of the property test's generator.
 `--grid` runs the stress grid: d in {0.05, 0.5} h x job fraction in {0.5, 0.95} x C in
 {8, 100} h on every bundled trace long enough for the cell, adaptive's mean cost against UP's
 and both policies' spot use against the optimum's.
@@ -15,6 +16,7 @@ and both policies' spot use against the optimum's.
     .venv/bin/python benchmarks/market_sweep.py --fine [--starts 300]
     .venv/bin/python benchmarks/market_sweep.py --grid [--starts 20]
     .venv/bin/python benchmarks/market_sweep.py --zones [--starts 30]
+    PYTHONPATH=. .venv/bin/python benchmarks/market_sweep.py --synthetic 48 [--starts 12]
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def main() -> None:
     ap.add_argument("--fine", action="store_true", help="time the sweep on the 30-s traces, tick solver vs default")
     ap.add_argument("--grid", action="store_true", help="the stress grid (d x job fraction x C), adaptive vs UP")
     ap.add_argument("--zones", action="store_true", help="multi-zone markets against their best single zone")
+    ap.add_argument("--synthetic", type=int, default=0, metavar="N",
+                    help="adaptive vs UP on N random synthetic markets (the property test's generator)")
     ap.add_argument("--solver-starts", type=int, default=30, help="--fine: starts per trace for the optimum-alone timing")
     ap.add_argument("--no-sweep", action="store_true", help="--fine: time only the optimum alone")
     args = ap.parse_args()
@@ -56,6 +60,8 @@ def main() -> None:
         return _out(grid(args.starts, args.workers, args.seed), args.json)
     if args.zones:
         return _out(zones(args.starts, args.seed), args.json)
+    if args.synthetic:
+        return _out(synthetic_markets(args.synthetic, args.starts, args.workers), args.json)
 
     job = JobSpec(48 * 3600, 60 * 3600, 0.2 * 3600)
     names = [n for n in bundled() if bundled_kind(n) == "availability"]
@@ -152,9 +158,10 @@ def grid(starts: int, workers: int, seed: int) -> dict:
     cells = [(n, d, f, c) for n in bundled() for d in (0.05, 0.5) for f in (0.5, 0.95) for c in (8, 100)]
     with ProcessPoolExecutor(workers) as pool:
         rows = [r for r in pool.map(_grid_cell, cells, [starts] * len(cells), [seed] * len(cells)) if r]
-    worse = [r for r in rows if r["adaptive / UP cost"] > 1.0005]
     summary = [{"what": "cells", "value": len(rows)},
-               {"what": "cells where adaptive costs > UP + 0.05 %", "value": len(worse)},
+               {"what": "cells where adaptive costs > UP + 0.5 % (the stated noise)",
+                "value": sum(r["adaptive / UP cost"] > 1.005 for r in rows)},
+               {"what": "cells where adaptive costs > UP + 0.05 %", "value": sum(r["adaptive / UP cost"] > 1.0005 for r in rows)},
                {"what": "worst cell, adaptive / UP cost", "value": max(r["adaptive / UP cost"] for r in rows)},
                {"what": "mean over cells, adaptive / UP cost", "value": float(np.mean([r["adaptive / UP cost"] for r in rows]))},
                {"what": "starts where adaptive costs more than UP", "value": sum(r["starts > UP"] for r in rows)},
@@ -165,7 +172,11 @@ def grid(starts: int, workers: int, seed: int) -> dict:
 
 
 def zones(starts: int, seed: int) -> dict:
-    """UP and adaptive on multi-zone markets, and adaptive on each zone alone, from the same starts."""
+    """UP, adaptive and the optimum on multi-zone markets, and adaptive on each zone alone, from the same starts.
+
+    Launches per job (every new instance: first start, relaunch after a reclaim, zone hop,
+    spot/on-demand switch) are reported beside the optimum's.
+    """
     rows = []
     for spec, job in (("aws-02-15-2023/*", JobSpec(48 * 3600, 60 * 3600, 720)),
                       ("aws-02-15-2023/*", JobSpec(24 * 3600, 24 * 3600 / 0.95, 1800)),
@@ -175,7 +186,7 @@ def zones(starts: int, seed: int) -> dict:
         ticks = market.random_starts(job, starts, seed)
         row = {"market": spec, "C h": job.compute_s / 3600, "D h": round(job.deadline_s / 3600, 2),
                "d s": job.changeover_s}
-        for p in ("up", "adaptive"):
+        for p in ("up", "adaptive", "optimum"):
             runs = _run(job, market, p, ticks)
             row[f"{p} $"] = float(np.mean([r.cost for r in runs]))
             row[f"{p} launches"] = float(np.mean([r.changeovers for r in runs]))
@@ -185,8 +196,37 @@ def zones(starts: int, seed: int) -> dict:
         row["best zone alone"] = best
         row["its $"] = float(np.mean([r.cost for r in alone[best]]))
         row["its launches"] = float(np.mean([r.changeovers for r in alone[best]]))
+        row["market / best zone"] = row["adaptive $"] / row["its $"]
         rows.append(row)
     return {"command": " ".join([".venv/bin/python", *sys.argv]), "tables": {"Multi-zone": rows}}
+
+
+def synthetic_markets(n: int, starts: int, workers: int) -> dict:
+    """Adaptive against UP on `n` random markets from the property test's generator (seeds 0..n-1)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers) as pool:
+        rows = list(pool.map(_synthetic_one, range(n), [starts] * n))
+    ratios = [r["adaptive / UP cost"] for r in rows]
+    summary = [{"what": "markets", "value": n},
+               {"what": "markets where adaptive costs > UP + 0.5 %", "value": sum(x > 1.005 for x in ratios)},
+               {"what": "worst market, adaptive / UP cost", "value": max(ratios)},
+               {"what": "mean over markets, adaptive / UP cost", "value": float(np.mean(ratios))},
+               {"what": "deadline misses (adaptive)", "value": sum(r["misses"] for r in rows)}]
+    return {"command": " ".join([".venv/bin/python", *sys.argv]),
+            "tables": {"Synthetic markets: adaptive vs UP": rows, "Summary": summary}}
+
+
+def _synthetic_one(seed: int, starts: int) -> dict:
+    from tests.market.helpers import random_market
+
+    job, market = random_market(seed)
+    ticks = market.random_starts(job, starts, seed)
+    up, ad = (_run(job, market, p, ticks) for p in ("up", "adaptive"))
+    return {"seed": seed, "zones": market.zones, "tick s": market.gap_s, "d s": job.changeover_s,
+            "C h": job.compute_s / 3600, "C/D": round(job.compute_s / job.deadline_s, 2),
+            "adaptive / UP cost": float(np.mean([r.cost for r in ad]) / np.mean([r.cost for r in up])),
+            "misses": sum(not r.met_deadline for r in ad)}
 
 
 def _grid_cell(cell: tuple[str, float, float, int], starts: int, seed: int) -> dict | None:

@@ -8,7 +8,7 @@ import numpy as np
 
 from spotrun.market.policy import Decision, JobSpec, Observation
 from spotrun.market.sim import Market
-from spotrun.market.trace import Trace
+from spotrun.market.trace import Trace, synthetic
 
 
 def market(*zones: Sequence[int], gap_s: float = 600.0) -> Market:
@@ -55,3 +55,20 @@ def heavy_tailed(hours: float, gap_s: float, availability: float, median_run_s: 
         up = not up
     label = f"heavy(a={availability:g},median={median_run_s:g}s,seed={seed})"
     return Trace(label, float(gap_s), out)
+
+
+def random_market(seed: int) -> tuple[JobSpec, Market]:
+    """A random job on a random market: 1-3 zones, exponential or heavy-tailed runs, availability
+    15-90 %, moving prices on a third, 600/300/195-s ticks, d of 180, 720 or 1800 s (not all
+    whole ticks), C/D of 0.5, 0.8 or 0.95. The property test's generator, and the benchmark's."""
+    rng = np.random.default_rng(500 + seed)
+    gap = [600.0, 300.0, 195.0][seed % 3]
+    traces = []
+    for z in range(1 + seed // 4 % 3):
+        a, life = float(rng.uniform(0.15, 0.9)), float(rng.uniform(0.3, 4)) * 3600
+        t = heavy_tailed(150, gap, a, life / 3, seed=seed * 5 + z) if seed % 2 else synthetic(150, gap, a, life, seed=seed)
+        prices = np.repeat(rng.uniform(0.5, 2.5, t.ticks // 12 + 1), 12)[: t.ticks] if seed % 3 == 1 else None
+        traces.append(Trace(t.name, gap, t.available, prices=prices))
+    compute, changeover = float(rng.choice([8.0, 24.0])) * 3600, float(rng.choice([180.0, 720.0, 1800.0]))
+    job = JobSpec(compute, max(compute / float(rng.choice([0.5, 0.8, 0.95])), compute + 2 * changeover), changeover)
+    return job, Market.of(traces)

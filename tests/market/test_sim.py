@@ -2,10 +2,10 @@
 
 import pytest
 
-from spotrun.market.policies import make
+from spotrun.market.policies import ONLINE, make
 from spotrun.market.policy import IDLE, ON_DEMAND, JobSpec, spot
 from spotrun.market.sim import Market, exact_grid, simulate
-from tests.market.helpers import Script, market
+from tests.market.helpers import Script, market, random_market
 
 OD, SPOT = 3.06, 0.918
 TEN_MIN = 600.0
@@ -124,3 +124,31 @@ def test_bad_markets():
         Market.of([Trace("a", 60, np.ones(5, bool)), Trace("b", 30, np.ones(5, bool))])
     with pytest.raises(ValueError, match="shorter than the deadline"):
         simulate(make("greedy"), job(deadline_s=7200), market([1] * 5))
+
+
+class TickByTick:
+    """A policy without `ride`: the simulator then asks it at every tick."""
+
+    def __init__(self, policy):
+        self.policy, self.name = policy, policy.name
+
+    def reset(self, job):
+        self.policy.reset(job)
+
+    def decide(self, obs):
+        return self.policy.decide(obs)
+
+    def warm(self, past, gap_s):
+        getattr(self.policy, "warm", lambda *a: None)(past, gap_s)
+
+
+@pytest.mark.parametrize("seed", [1, 5, 10, 22])
+def test_riding_unchanged_ticks_gives_the_tick_by_tick_result(seed):
+    """The fast path (a policy riding ticks where the market does not change) bills exactly as asking it every tick."""
+    job, m = random_market(seed)
+    for start in m.random_starts(job, 3, seed):
+        for name in ONLINE:
+            fast, slow = simulate(make(name), job, m, int(start)), simulate(TickByTick(make(name)), job, m, int(start))
+            assert fast.cost == pytest.approx(slow.cost, rel=1e-9)
+            assert (fast.changeovers, fast.met_deadline) == (slow.changeovers, slow.met_deadline)
+            assert fast.spot_work_s == pytest.approx(slow.spot_work_s) and fast.finish_s == pytest.approx(slow.finish_s)

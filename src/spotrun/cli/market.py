@@ -59,7 +59,7 @@ def simulate(
         ["aws-10-26-2022/*"], "--traces", "-t",
         help="Bundled trace names, globs over them (`availability/*`), or trace files. Repeat or comma-separate.",
     ),
-    policies: str = typer.Option(DEFAULT_POLICIES, "--policies", "-p", help="Comma-separated: " + DEFAULT_POLICIES + "."),
+    policies: str = typer.Option(DEFAULT_POLICIES, "--policies", "-p", help="Comma-separated: " + DEFAULT_POLICIES + " (default)."),
     starts: int = typer.Option(300, "--starts", min=1, help="Random start times per trace (a sweep)."),
     start: Optional[int] = typer.Option(None, "--start", min=0, help="One run from this tick instead of a sweep."),
     seed: int = typer.Option(0, "--seed", help="Seed for the random start times."),

@@ -90,6 +90,14 @@ class Observation(NamedTuple):
 
 
 class Policy(Protocol):
+    """What the simulator and the controller call. A policy may also have `warm(past, gap_s)`:
+    the simulator then hands it the market's availability before the start ((ticks, zones)
+    bool, up to `sim.HISTORY_S`), as a cloud's spot history would; the controller does not.
+    And `ride(obs, ticks, cost)`: the simulator offers to keep the running instance (past its
+    changeover) for `ticks` more ticks over which the market is unchanged, the last observed
+    `obs`, billed `cost` $; the policy, if it would decide to stay at each of them, updates
+    itself as if it had and says True. This is how sweeps over 30-s traces stay fast."""
+
     name: str
 
     def reset(self, job: JobSpec) -> None: ...

@@ -23,6 +23,9 @@ from spotrun.market.trace import Trace
 # The optimum's grid must hold both the tick and d; finer than this many steps a tick, it
 # refuses rather than take minutes (a 1-second grid on 197-second ticks, say).
 MAX_STEPS_PER_TICK = 64
+# How much of the market before a job's start a policy may read (`warm`): a week, as clouds
+# keep spot history (AWS: 90 days of prices), and short enough to be cheap.
+HISTORY_S = 7 * 24 * 3600
 
 
 def exact_grid(changeover_s: float, gap_s: float) -> tuple[float, int, int]:
@@ -152,6 +155,18 @@ class Run:
             self.preemptions += 1
         return Observation(t, self.remaining, deadline_s - t, d, self.state, avail, prices, od_price, g, self.overhead)
 
+    def ride(self, ticks: int, g: float, cost: float) -> None:
+        """Keep the running instance, past its changeover, for `ticks` whole ticks of work that do not finish the job."""
+        work = ticks * g
+        self.remaining -= work
+        self.cost += cost
+        if self.state.kind == ON_DEMAND_KIND:
+            self.on_demand_s += work
+            self.on_demand_work_s += work
+        else:
+            self.spot_s += work
+            self.spot_work_s += work
+
     def step(self, choice: Decision, obs: Observation) -> None:
         """Run `choice` for the tick `obs` saw: a launch pays d first; the finishing tick is billed to the second."""
         if choice.kind == SPOT_KIND and not obs.available[choice.zone]:
@@ -190,15 +205,39 @@ def simulate(policy: Policy, job: JobSpec, market: Market, start: int = 0) -> Ru
             f"start ticks must be within 0..{market.ticks - n} in trace {market.name} to leave the deadline"
         )
     rows = [tuple(r) for r in market.available[start : start + n].tolist()]
-    price_rows = [tuple(r) for r in market.prices_at(job)[start : start + n].tolist()]
+    prices = market.prices_at(job)[start : start + n]
+    price_rows = [tuple(r) for r in prices.tolist()]
     od_price = job.on_demand_price
     policy.reset(job)
+    warm = getattr(policy, "warm", None)
+    if warm is not None:  # the market's past is known at the start, as a cloud's history is
+        warm(market.available[max(0, start - round(HISTORY_S / g)) : start], g)
+    ride = getattr(policy, "ride", None)
+    window = market.available[start : start + n]
+    # Ticks after which the market changes (capacity or a price): rows i+1 .. the next one repeat row i.
+    changes = np.flatnonzero(((window[1:] != window[:-1]) | (prices[1:] != prices[:-1])).any(axis=1))
     run = Run(job.compute_s)
-    for i in range(n):
+    i = 0
+    while i < n:
         obs = run.observe(i * g, job.deadline_s, d, rows[i], price_rows[i], od_price, g)
         run.step(policy.decide(obs), obs)
         if run.finish_s is not None:
             break
+        i += 1
+        if ride is None or run.state.kind == IDLE_KIND or run.overhead > 0:
+            continue
+        k = int(np.searchsorted(changes, i - 1))
+        last = int(changes[k]) if k < len(changes) else n - 1  # ticks i .. last see tick i-1's market
+        ticks = min(last - i + 1, math.ceil(run.remaining / g - 1e-9) - 1)  # the finishing tick goes through `step`
+        if ticks <= 0:
+            continue
+        price = od_price if run.state.kind == ON_DEMAND_KIND else price_rows[i - 1][run.state.zone]
+        cost = price * ticks * g / 3600
+        seen = obs._replace(elapsed_s=i * g, remaining_compute_s=run.remaining, remaining_time_s=job.deadline_s - i * g,
+                            state=run.state, overhead_left_s=0.0)
+        if ride(seen, ticks, cost):
+            run.ride(ticks, g, cost)
+            i += ticks
     finish = run.finish_s
     if finish is None:  # missed: finish on on-demand after the deadline so costs stay comparable
         extra = run.remaining + (run.overhead if run.state.kind == ON_DEMAND_KIND else d)

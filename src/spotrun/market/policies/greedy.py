@@ -27,3 +27,7 @@ class Greedy:
             self.committed = True
             return ON_DEMAND
         return choice
+
+    def ride(self, obs: Observation, ticks: int, cost: float) -> bool:
+        """Stays: committed to on-demand, or on spot while it is safe (a tick of spot work leaves the slack as it is)."""
+        return self.committed or is_safe(obs, obs.state)

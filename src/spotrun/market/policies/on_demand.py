@@ -13,3 +13,6 @@ class OnDemand:
 
     def decide(self, obs: Observation) -> Decision:
         return ON_DEMAND if obs.remaining_compute_s > 0 else IDLE
+
+    def ride(self, obs: Observation, ticks: int, cost: float) -> bool:
+        return True

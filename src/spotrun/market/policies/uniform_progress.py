@@ -41,3 +41,10 @@ class UniformProgress:
             on_spot = obs.state.kind == SPOT_KIND and obs.available[obs.state.zone] and obs.overhead_left_s < 1e-3
             choice = obs.state if on_spot else ON_DEMAND
         return choice
+
+    def ride(self, obs: Observation, ticks: int, cost: float) -> bool:
+        """Stays on a spot instance while it has capacity, and on on-demand while no zone has spot.
+
+        On on-demand with spot about, the hysteresis line moves every tick, so it does not ride.
+        """
+        return obs.state.kind == SPOT_KIND or not any(obs.available)
