@@ -56,8 +56,9 @@ def daemon(spotrun_home: Path, local_root: Path, spotrun_cmd: list[str], monkeyp
 def test_reclaim_relaunch_and_cancel_from_the_page(
     tmp_path: Path, spotrun_cmd: list[str], daemon, dashboard, page, artifacts: Path
 ) -> None:
-    # Long enough never to finish by itself while the (loaded) test machine gets to the clicks.
-    spec = job_specs(DemoConfig(script=default_script(), steps=5000, step_time=0.05, lead_time=2.0), tmp_path)["spot"]
+    # Long enough never to finish by itself while the (loaded) test machine gets to the clicks; a
+    # notice lead that leaves the save and its upload time after the agent's 1-s metadata poll.
+    spec = job_specs(DemoConfig(script=default_script(), steps=5000, step_time=0.05, lead_time=6.0), tmp_path)["spot"]
     train = spotrun.launch({**spec, "name": "train-spot", "checkpoint": {**spec["checkpoint"], "sync_interval": "500ms"}})
     idle = spotrun.launch(counter_job(tmp_path, "idle", steps=100_000, step_s=0.1))
     dash = dashboard()
