@@ -6,7 +6,8 @@ timed run is the whole sweep over `--workers` processes (target: under 60 s on 2
 
 `--fine` times the sweep on the fine-grained traces (30- and 32-second ticks), the optimum
 with the tick solver (the baseline, as before) against the default choice (the segment one).
-`--zones` compares multi-zone markets with their best zone run alone (cost, launches).
+`--zones` compares multi-zone markets with their best zone run alone (cost, launches);
+`--zone-subsets` does the same for sub-markets of the five 2023 zones and three jobs.
 `--synthetic N` runs adaptive against UP on N random markets of the property test's generator.
 `--grid` runs the stress grid: d in {0.05, 0.5} h x job fraction in {0.5, 0.95} x C in
 {8, 100} h on every bundled trace long enough for the cell, adaptive's mean cost against UP's
@@ -16,6 +17,7 @@ and both policies' spot use against the optimum's.
     .venv/bin/python benchmarks/market_sweep.py --fine [--starts 300]
     .venv/bin/python benchmarks/market_sweep.py --grid [--starts 20]
     .venv/bin/python benchmarks/market_sweep.py --zones [--starts 30]
+    .venv/bin/python benchmarks/market_sweep.py --zone-subsets [--starts 100] [--seed 2]
     PYTHONPATH=. .venv/bin/python benchmarks/market_sweep.py --synthetic 48 [--starts 12]
 """
 
@@ -49,6 +51,7 @@ def main() -> None:
     ap.add_argument("--fine", action="store_true", help="time the sweep on the 30-s traces, tick solver vs default")
     ap.add_argument("--grid", action="store_true", help="the stress grid (d x job fraction x C), adaptive vs UP")
     ap.add_argument("--zones", action="store_true", help="multi-zone markets against their best single zone")
+    ap.add_argument("--zone-subsets", action="store_true", help="sub-markets of the 2023 zones against their best zone")
     ap.add_argument("--synthetic", type=int, default=0, metavar="N",
                     help="adaptive vs UP on N random synthetic markets (the property test's generator)")
     ap.add_argument("--solver-starts", type=int, default=30, help="--fine: starts per trace for the optimum-alone timing")
@@ -60,6 +63,8 @@ def main() -> None:
         return _out(grid(args.starts, args.workers, args.seed), args.json)
     if args.zones:
         return _out(zones(args.starts, args.seed), args.json)
+    if args.zone_subsets:
+        return _out(zone_subsets(args.starts, args.seed, args.workers), args.json)
     if args.synthetic:
         return _out(synthetic_markets(args.synthetic, args.starts, args.workers), args.json)
 
@@ -199,6 +204,46 @@ def zones(starts: int, seed: int) -> dict:
         row["market / best zone"] = row["adaptive $"] / row["its $"]
         rows.append(row)
     return {"command": " ".join([".venv/bin/python", *sys.argv]), "tables": {"Multi-zone": rows}}
+
+
+SUBSETS = [(0, 4), (0, 1), (1, 2), (0, 1, 2), (2, 3), (0, 3), (1, 4), (0, 1, 2, 3, 4)]
+SUBSET_JOBS = {"paper set-up": (48, 60, 720), "C 24 h, D 30 h, d 0.5 h": (24, 30, 1800),
+               "C 24 h, C/D 0.95, d 0.5 h": (24, 24 / 0.95, 1800)}
+
+
+def zone_subsets(starts: int, seed: int, workers: int) -> dict:
+    """Adaptive on sub-markets of the five 2023 zones against UP there and the best of their zones alone."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    cells = [(z, j) for z in SUBSETS for j in SUBSET_JOBS]
+    with ProcessPoolExecutor(workers) as pool:
+        rows = list(pool.map(_subset_cell, cells, [starts] * len(cells), [seed] * len(cells)))
+    summary = [{"what": "markets x jobs", "value": len(rows)},
+               {"what": "worst adaptive / best zone alone", "value": max(r["adaptive / best zone"] for r in rows)},
+               {"what": "cells where adaptive costs > best zone alone + 0.5 %",
+                "value": sum(r["adaptive / best zone"] > 1.005 for r in rows)},
+               {"what": "worst adaptive / UP", "value": max(r["adaptive / UP"] for r in rows)},
+               {"what": "deadline misses (adaptive)", "value": sum(r["misses"] for r in rows)}]
+    return {"command": " ".join([".venv/bin/python", *sys.argv]),
+            "tables": {"Sub-markets of the 2023 zones": rows, "Summary": summary}}
+
+
+def _subset_cell(cell: tuple[tuple[int, ...], str], starts: int, seed: int) -> dict:
+    combo, label = cell
+    c, dl, d = SUBSET_JOBS[label]
+    job = JobSpec(c * 3600, dl * 3600, d)
+    traces = [resolve(["aws-02-15-2023/*"])[i] for i in combo]
+    market = Market.of(traces)
+    ticks = market.random_starts(job, starts, seed)
+    ad = _run(job, market, "adaptive", ticks)
+    alone = min(mean(_run(job, Market.of([t]), "adaptive", ticks)) for t in traces)
+    return {"zones": " + ".join(t.name.split("/")[-1].split("_")[0] for t in traces), "job": label,
+            "adaptive / best zone": mean(ad) / alone, "adaptive / UP": mean(ad) / mean(_run(job, market, "up", ticks)),
+            "launches": float(np.mean([r.changeovers for r in ad])), "misses": sum(not r.met_deadline for r in ad)}
+
+
+def mean(runs: list) -> float:
+    return float(np.mean([r.cost for r in runs]))
 
 
 def synthetic_markets(n: int, starts: int, workers: int) -> dict:

@@ -181,6 +181,19 @@ def test_adaptive_picks_the_zone_whose_runs_clearly_last_longer():
     assert fresh.changeovers == fresh_up.changeovers == 2 and fresh.cost == pytest.approx(fresh_up.cost)
 
 
+def test_adaptive_takes_a_cheaper_zone_only_if_its_runs_are_not_clearly_shorter():
+    """Zone 1 is cheaper; in the week before the start its runs lasted one tick (short) or the whole
+    week (long). Adaptive takes it in the second market only; in the first it keeps UP's zone 0."""
+    n = 240
+    steady = [True] * (n + 40)
+    prices = np.array([2.0, 1.0])
+    for zone1, cheaper in ((([True, False] * n)[: n] + [True] * 40, False), (steady, True)):
+        m = Market.of([Trace(f"z{z}", 600.0, np.asarray(a), prices=np.full(n + 40, prices[z]))
+                       for z, a in enumerate((steady, zone1))])
+        r = simulate(make("adaptive"), JobSpec(3 * 3600, 6 * 3600, 720), m, start=n)
+        assert r.cost == pytest.approx((3 * 3600 + 720) * (1.0 if cheaper else 2.0) / 3600)
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_adaptive_costs_no_more_than_up_on_random_traces(seed):
     """Property: on synthetic traces (both run shapes, moving prices, zones), mean cost <= UP's + 0.5 %, no misses."""
