@@ -18,7 +18,6 @@ import re
 import tarfile
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from spotrun.providers.aws import errors, userdata
 from spotrun.providers.aws.config import AwsConfig
 from spotrun.providers.aws.prices import SpotPrices, on_demand
 from spotrun.providers.base import ENDED, Instance, InstanceState, LaunchRequest
+from spotrun.providers.listing import SharedListing
 from spotrun.providers.status import Status, StatusReader, outcome
 
 log = logging.getLogger("spotrun.aws")
@@ -79,12 +79,6 @@ def client_token(token: str) -> str:
     return token if len(token) <= 64 else hashlib.sha256(token.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class _Fleet:
-    at: float
-    instances: dict[str, Instance]
-
-
 class AwsProvider:
     name = "aws"
 
@@ -96,8 +90,7 @@ class AwsProvider:
         self.calls: Counter[str] = Counter()  # EC2 API calls by operation, for benchmarks
         self._clients: dict[tuple[str, str], Any] = {}
         self._regions = {config.region, *config.regions}
-        self._fleet: _Fleet | None = None
-        self._fleet_task: asyncio.Task[_Fleet] | None = None
+        self._fleet = SharedListing(self._observe, FLEET_TTL_S)
         from spotrun.store.backend import Backend
 
         # A pass reads the status records with a short retry budget: while the store is out the
@@ -169,7 +162,7 @@ class AwsProvider:
             raw = (await self._ec2(region, "run_instances", **args))["Instances"][0]
         except Exception as exc:
             raise errors.translate(exc, where) from None
-        self._fleet = None
+        self._fleet.forget()
         log.info("launched %s for %s attempt %d in %s", raw["InstanceId"], request.job_id, request.attempt, where)
         return self._to_instance(region, raw, {})
 
@@ -326,7 +319,7 @@ class AwsProvider:
 
         return await asyncio.to_thread(pages)
 
-    async def _observe(self) -> _Fleet:
+    async def _observe(self) -> dict[str, Instance]:
         """Every spotrun instance in every region in use, and every status record: one pass's view."""
         regions = sorted(self._regions)
         found, statuses = await asyncio.gather(
@@ -338,7 +331,7 @@ class AwsProvider:
             for raw in raws:
                 inst = self._to_instance(region, raw, statuses)
                 instances[inst.id] = inst
-        return _Fleet(time.monotonic(), instances)
+        return instances
 
     async def _status_or_none(self) -> dict[tuple[str, int], Status]:
         try:
@@ -347,26 +340,16 @@ class AwsProvider:
             log.warning("status records unreadable (%s); using EC2's state only", exc)
             return {}
 
-    async def _snapshot(self) -> dict[str, Instance]:
-        fleet = self._fleet
-        if fleet is not None and time.monotonic() - fleet.at < FLEET_TTL_S:
-            return fleet.instances
-        if self._fleet_task is None or self._fleet_task.done():
-            self._fleet_task = asyncio.ensure_future(self._observe())
-        task = self._fleet_task
-        self._fleet = await task
-        return self._fleet.instances
-
     async def query(self, instance_id: str) -> Instance:
         region = instance_id.partition(":")[0]
         if region not in self._regions:  # an instance from before a restart, in a region not yet seen
             self._regions.add(region)
-            self._fleet = None
-        found = (await self._snapshot()).get(instance_id)
+            self._fleet.forget()
+        found = (await self._fleet.get()).get(instance_id)
         return found or Instance(id=instance_id, token="", job_id="", attempt=0, state=InstanceState.GONE, spot=False)
 
     async def list_instances(self, job_id: str | None = None) -> list[Instance]:
-        found = [i for i in (await self._snapshot()).values() if job_id is None or i.job_id == job_id]
+        found = [i for i in (await self._fleet.get()).values() if job_id is None or i.job_id == job_id]
         return sorted(found, key=lambda i: i.launched_at or 0.0)
 
     def _to_instance(self, region: str, raw: dict, statuses: dict[tuple[str, int], Status]) -> Instance:
@@ -426,7 +409,7 @@ class AwsProvider:
 
             if not (isinstance(exc, ClientError) and errors.code_of(exc).startswith("InvalidInstanceID")):
                 raise
-        self._fleet = None
+        self._fleet.forget()
 
     async def interrupt(self, instance_id: str, lead_s: float | None = None) -> None:
         raise NotImplementedError(

@@ -30,6 +30,7 @@ from typing import Any
 from spotrun.providers.base import ENDED, Instance, InstanceState, LaunchRefused, LaunchRequest
 from spotrun.providers.kubernetes import errors, pods
 from spotrun.providers.kubernetes.config import KubeConfig
+from spotrun.providers.listing import SharedListing
 from spotrun.providers.status import Status, StatusReader, outcome
 
 log = logging.getLogger("spotrun.kubernetes")
@@ -59,7 +60,6 @@ def parse_id(iid: str) -> tuple[str | None, str, str]:
 @dataclass(frozen=True)
 class _Fleet:
     started: float  # monotonic, when its LIST began: a pod made after it cannot be in it
-    at: float
     instances: dict[str, Instance]
     raw: dict[str, dict]
     statuses: dict[tuple[str, int], Status]
@@ -78,8 +78,7 @@ class KubernetesProvider:
         self._namespaces: dict[str | None, str] = {}
         self._places: set[tuple[str | None, str]] = set()
         self._status = StatusReader(config.store, retry_timeout_s=STATUS_RETRY_S)
-        self._fleet: _Fleet | None = None
-        self._fleet_task: asyncio.Task[_Fleet] | None = None
+        self._fleet = SharedListing(self._observe, FLEET_TTL_S)
         self._deleted: set[str] = set()  # pods this provider deleted: their end is ours, not the cloud's
         self._logged: set[str] = set()  # pods whose final log is kept
         self._ended_seen: dict[str, float] = {}
@@ -185,7 +184,7 @@ class KubernetesProvider:
             await self._call(context, "replace_namespaced_secret", plan.secret, namespace, owned)
         except Exception as exc:
             raise errors.translate(exc, namespace) from None
-        self._fleet = None
+        self._fleet.forget()
         made = time.monotonic()
         iid = instance_id(context, namespace, plan.name)
         log.info("created pod %s for %s attempt %d", iid, request.job_id, request.attempt)
@@ -242,7 +241,7 @@ class KubernetesProvider:
                 instances[inst.id], raw[inst.id] = inst, pod
         ended = [i for i in instances.values() if i.state in ENDED and i.id not in self._logged]
         await asyncio.gather(*(self._keep_log(i.id) for i in ended))
-        return _Fleet(started, time.monotonic(), instances, raw, statuses)
+        return _Fleet(started, instances, raw, statuses)
 
     async def _status_or_none(self) -> dict[tuple[str, int], Status]:
         try:
@@ -255,19 +254,13 @@ class KubernetesProvider:
         if not self._places:
             context = self.config.context
             self._places.add((context, self.namespace(context)))
-        fleet = self._fleet
-        if fleet is not None and time.monotonic() - fleet.at < FLEET_TTL_S:
-            return fleet
-        if self._fleet_task is None or self._fleet_task.done():
-            self._fleet_task = asyncio.ensure_future(self._observe())
-        self._fleet = await self._fleet_task
-        return self._fleet
+        return await self._fleet.get()
 
     async def query(self, instance_id: str) -> Instance:
         context, namespace, _ = parse_id(instance_id)
         if (context, namespace) not in self._places:  # a pod from before a restart, in a namespace not yet seen
             self._places.add((context, namespace))
-            self._fleet = None
+            self._fleet.forget()
         fleet = await self._snapshot()
         return fleet.instances.get(instance_id) or self._vanished(instance_id, fleet.statuses)
 
@@ -378,7 +371,7 @@ class KubernetesProvider:
             if errors.status_of(exc) != 404:
                 raise errors.translate(exc, namespace) from None
         self._deleted.add(instance_id)
-        self._fleet = None
+        self._fleet.forget()
 
     async def interrupt(self, instance_id: str, lead_s: float | None = None) -> None:
         raise NotImplementedError(
