@@ -2,6 +2,8 @@
 
 The supervisor owns the child process and the notice; a hook owns one kind of durable state.
 Keeping this interface tiny lets the store be tested without the supervisor and vice versa.
+A hook that reports to a controller may also have `async command_ended(returncode)`: called
+the moment the command ends, before `after_exit` (the status record's early word).
 """
 
 from __future__ import annotations

@@ -193,6 +193,7 @@ class Supervisor:
         returncode = await self._proc.wait()
         code = self._exit_code(returncode)  # a notice handled from here on finds the command gone
         self._record_exit(code, returncode)
+        await self._announce_end(code)
         stop_point("agent-exit-recorded")
 
         handling.cancel()
@@ -221,6 +222,16 @@ class Supervisor:
                 tmp.write_text(json.dumps({"code": code, "returncode": returncode}))
         except OSError as exc:
             log.warning("could not write the exit record %s: %s", self.options.exit_file, exc)
+
+    async def _announce_end(self, code: int) -> None:
+        """The same early word through the hooks that report to a controller far away (the status
+        record in the store, `command_ended`); each bounds its own wait, as the final sync waits."""
+        for hook in self.hooks:
+            if (ended := getattr(hook, "command_ended", None)) is not None:
+                try:
+                    await ended(code)
+                except Exception as exc:  # noqa: BLE001  the final sync and the exit record still follow
+                    log.error("%s.command_ended failed: %s: %s", type(hook).__name__, type(exc).__name__, exc)
 
     def _exit_code(self, returncode: int) -> int:
         """After a notice, exit 0 is success only from a command that could not have acted on it:

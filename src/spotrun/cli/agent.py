@@ -203,7 +203,7 @@ def exec_(
         if restart_dir is not None and outputs_dir is None:
             raise ValueError("--restart-dir needs --outputs-dir: earlier attempts' outputs are what it holds")
         hooks = _store_hooks(checkpoint_dir, outputs_dir, store, options, sync_interval, keep, restart_dir)
-        if status_store:  # last: its exit record is written once the final sync is done
+        if status_store:  # last: its exit record is written once the final sync is done (`ended` before it)
             from spotrun.providers.status import StatusHook
 
             hooks.append(StatusHook(status_store, job_id, attempt, status_every))

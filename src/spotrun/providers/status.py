@@ -5,11 +5,12 @@ through the checkpoint store it already writes to (docs/store-format.md, "Status
 
     status/<job>/a<attempt:06>/beat     overwritten every few seconds while the agent lives
     status/<job>/a<attempt:06>/notice   created once, when a reclaim notice arrives
-    status/<job>/a<attempt:06>/exit     created once, with the exit status (75 = reclaimed)
+    status/<job>/a<attempt:06>/ended    created once, the moment the command ends (before the final sync)
+    status/<job>/a<attempt:06>/exit     created once, with the exit status (75 = reclaimed), after it
 
 The heartbeat's age is the object's `last_modified`, so one LIST of `status/` per reconciler
 pass tells a provider every attempt's liveness, notice and exit, whatever the number of jobs;
-only a new `exit` object is read (once: it never changes). Every cloud provider (AWS,
+only a new `ended` or `exit` object is read (once: it never changes). Every cloud provider (AWS,
 Kubernetes) combines this with the cloud's own state in `outcome()`.
 """
 
@@ -31,6 +32,7 @@ log = logging.getLogger("spotrun.status")
 VERSION = 1
 PREFIX = "status/"
 HEARTBEAT_S = 5.0
+ENDED_WRITE_S = 5.0  # the most the early word may hold up the final sync, against a store that hangs
 RETAIN_S = 3600.0  # an exit record this old was read by the controller long ago
 
 
@@ -73,6 +75,16 @@ class StatusHook:
     async def on_notice(self, notice: Notice, budget_s: float | None) -> None:
         await self._put("notice", _doc(at=time.time(), action=notice.action, kind=notice.kind.value), create=True)
 
+    async def command_ended(self, returncode: int) -> None:
+        """The early word: a machine reclaimed during the final sync (which may upload gigabytes)
+        must not turn a finished command into a lost one that runs, side effects and all, again."""
+        try:
+            await asyncio.wait_for(self._put("ended", _doc(at=time.time(), returncode=returncode), create=True),
+                                   ENDED_WRITE_S)
+        except TimeoutError:
+            log.warning("the store did not take the status record ended within %gs; going on with the final sync",
+                        ENDED_WRITE_S)
+
     async def after_exit(self, returncode: int) -> None:
         await self._put("exit", _doc(at=time.time(), returncode=returncode), create=True)
 
@@ -85,6 +97,8 @@ class Status:
     notice: bool = False
     returncode: int | None = None  # from `exit`
     exited_at: float | None = None
+    ended: int | None = None  # from `ended`: how the command ended, the final sync perhaps not done
+    ended_at: float | None = None
 
 
 class StatusReader:
@@ -94,7 +108,7 @@ class StatusReader:
         from spotrun.store.backend import Backend
 
         self.backend = Backend(store_url, create=True, retry_timeout_s=retry_timeout_s)
-        self._exits: dict[str, tuple[int, float]] = {}
+        self._records: dict[str, tuple[int, float]] = {}
 
     async def read_all(self) -> dict[tuple[str, int], Status]:
         found: dict[tuple[str, int], dict] = {}
@@ -111,25 +125,28 @@ class StatusReader:
             elif name == "notice":
                 entry["notice"] = True
             elif name == "exit":
-                entry["returncode"], entry["exited_at"] = await self._exit(obj.key)
+                entry["returncode"], entry["exited_at"] = await self._record(obj.key)
+            elif name == "ended":
+                entry["ended"], entry["ended_at"] = await self._record(obj.key)
         statuses = {key: Status(**fields) for key, fields in found.items()}
         # Records of attempts that ended long ago go, so the listing stays the size of the fleet.
-        old = [key for k, st in statuses.items() if st.exited_at and time.time() - st.exited_at > RETAIN_S
+        old = [key for k, st in statuses.items() if (at := st.exited_at or st.ended_at) and time.time() - at > RETAIN_S
                for key in keys[k]]
         if old:
             await self.backend.delete(old)
             for key in old:
-                self._exits.pop(key, None)
+                self._records.pop(key, None)
         return statuses
 
-    async def _exit(self, key: str) -> tuple[int | None, float | None]:
-        if key not in self._exits:
+    async def _record(self, key: str) -> tuple[int | None, float | None]:
+        """An `ended` or `exit` body: read once, as it never changes."""
+        if key not in self._records:
             body = await self.backend.get(key)
             with contextlib.suppress(TypeError, ValueError, KeyError):
                 doc = json.loads(body or b"")
                 if doc.get("version") == VERSION:
-                    self._exits[key] = (int(doc["returncode"]), float(doc["at"]))
-        return self._exits.get(key, (None, None))
+                    self._records[key] = (int(doc["returncode"]), float(doc["at"]))
+        return self._records.get(key, (None, None))
 
 def _ts(when: datetime) -> float:
     return when.timestamp()
@@ -152,10 +169,26 @@ def outcome(
     reclaim); then the cloud's own word: a reclaim whose notice never came, or an end the cloud
     can tell itself (a pod's container OOMKilled, with `cloud_returncode`; an image that never
     pulled, UNBOOTED); then silence: no first beat within the boot timeout, or a beat gone
-    stale, is an instance lost.
+    stale, is an instance lost. An instance that ended, or went silent, after its command had
+    ended (the `ended` record, with no `exit`: the machine went during the final sync) ended
+    the way its command did.
     """
     if status is not None and status.returncode is not None:
         return Outcome(InstanceState.EXITED, status.returncode, f"the agent exited with status {status.returncode}")
+    verdict = _without_exit(cloud_state, cloud_reason, status, launched_at=launched_at, now=now,
+                            boot_timeout_s=boot_timeout_s, stale_after_s=stale_after_s,
+                            cloud_returncode=cloud_returncode)
+    if verdict.state in ENDED and status is not None and status.ended is not None:
+        why = verdict.detail or verdict.state.value
+        return Outcome(InstanceState.EXITED, status.ended, f"the command ended with status {status.ended}; "
+                       f"the machine went ({why}) before the agent's final sync was done")
+    return verdict
+
+
+def _without_exit(
+    cloud_state: InstanceState, cloud_reason: str, status: Status | None, *, launched_at: float,
+    now: float, boot_timeout_s: float, stale_after_s: float, cloud_returncode: int | None,
+) -> Outcome:
     if cloud_state in ENDED:
         return Outcome(cloud_state, cloud_returncode, cloud_reason)
     if status is None or status.beat_at is None:
