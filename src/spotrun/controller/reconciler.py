@@ -146,6 +146,7 @@ class Reconciler:
         # Provider calls that may be slow (launch, terminate) run as tasks off the pass, one per
         # job at a time: a pass records every other job's outcome without waiting on them.
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._launching: set[str] = set()  # jobs whose task under way is a launch, which a cancel may cut short
         self._settled: set[str] = set()  # jobs whose task ended since the pass's snapshot
         self._writes: list[tuple[Job, int, Callable[[Session, Any], Any], asyncio.Future[Any]]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -201,7 +202,13 @@ class Reconciler:
         self._pass_lag = 0.0
         starts: list[NewAttempt] = []
         for job in jobs:
-            if job.id in self._inflight or job.id in self._settled:
+            if job.id in self._inflight:
+                if job.desired == "cancel" and job.id in self._launching:
+                    # A launch may wait minutes (a pod not yet scheduled, a full launch queue); the
+                    # cancel should not. What it made is found by its token in the next pass.
+                    self._inflight[job.id].cancel()
+                continue
+            if job.id in self._settled:
                 continue
             try:
                 await self._step(job, self._specs[job.id], current.get(job.id), histories.get(job.id),
@@ -265,11 +272,12 @@ class Reconciler:
         while self._inflight:
             await asyncio.gather(*list(self._inflight.values()), return_exceptions=True)
 
-    async def _act(self, key: str, action: Coroutine[Any, Any, None]) -> None:
+    async def _act(self, key: str, action: Coroutine[Any, Any, None], launch: bool = False) -> None:
         """Run `action` off the pass as `key`'s one task, or inline when already in that task.
 
         Crash safety stays level-triggered: whatever an action does is recorded before (the
-        attempt row, its token) or found again by the next pass, so losing the task loses nothing.
+        attempt row, its token) or found again by the next pass, so losing the task loses nothing;
+        that is also why a `launch` may be cancelled half-way for the user's cancel.
         """
         if self._inflight.get(key) is asyncio.current_task():
             await action
@@ -283,13 +291,20 @@ class Reconciler:
                 await action
             except LeaseLost as exc:  # another controller took the job over: it carries on
                 log.info("%s", exc)
+            except asyncio.CancelledError:
+                if not launch:
+                    raise
+                log.info("%s: launch given up for the job's cancel", key)
             except Exception:
                 log.exception("%s: provider action failed; the next pass retries", key)
             finally:
                 self._inflight.pop(key, None)
+                self._launching.discard(key)
                 self._settled.add(key)
 
         self._inflight[key] = asyncio.create_task(run())
+        if launch:
+            self._launching.add(key)
 
     async def _write(self, job: Job, attempt_id: int, write: Callable[[Session, Any], T]) -> T:
         """`write(session, job_row)` for one of the job's attempts, committed with whatever other
@@ -346,7 +361,8 @@ class Reconciler:
         if job.desired == "cancel":
             await self._act(job.id, self._cancel(job, current, provider))
         elif current is not None and current.instance_id is None:
-            await self._act(job.id, self._launch(job, spec, current, provider))  # crashed between row and launch
+            # Crashed between the attempt's row and its launch.
+            await self._act(job.id, self._launch(job, spec, current, provider), launch=True)
         elif current is not None:
             # Missing from the listing: gone, or a listing older than its launch; ask for it alone.
             inst = listed.get(current.instance_id) or await provider.query(current.instance_id)
@@ -475,7 +491,8 @@ class Reconciler:
         crash_point("after-attempt-row")
         for n in starts:
             if n.job.id in held:
-                await self._act(n.job.id, self._launch(n.job, n.spec, n.att, self.provider(n.job.provider)))
+                launch = self._launch(n.job, n.spec, n.att, self.provider(n.job.provider))
+                await self._act(n.job.id, launch, launch=True)
 
     async def _launch(self, job: Job, spec: JobSpec, att: Attempt, provider: Provider) -> None:
         try:

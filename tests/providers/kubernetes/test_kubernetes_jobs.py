@@ -123,6 +123,20 @@ async def test_unschedulable_spot_goes_on_demand_under_auto(db: Database, kube: 
     await async_wait_until(lambda: left(kube) == ([], []), what="no pod left")
 
 
+async def test_a_cancel_does_not_wait_for_a_pod_that_cannot_schedule(db: Database, kube: FakeApiServer,
+                                                                      reconciler: object) -> None:
+    """The launch waits up to `schedule_timeout` (here 10 minutes) for a pending pod; the user's
+    cancel cuts it short: the job ends cancelled and its pod and Secret go, long before that."""
+    kube.cluster.pools["spot"].available = False
+    job = submit({"run": "echo never", "resources": {"cloud": "kubernetes", "spot": True},
+                  "kubernetes": {"schedule_timeout": "10m"}, "recovery": FAST})
+    await async_wait_until(lambda: len(created(kube, job)) == 1, what="the pod, pending")
+    repo.request_cancel(db, job)
+    final = await wait_status(db, job, "CANCELLED", "FAILED", "SUCCEEDED", timeout=60)
+    assert final["status"] == "CANCELLED" and [a["cause"] for a in final["attempt_list"]] == ["cancel"]
+    await async_wait_until(lambda: left(kube) == ([], []), what="the pending pod and its Secret deleted")
+
+
 async def test_an_image_that_never_pulls_is_the_users_error(db: Database, kube: FakeApiServer, reconciler: object) -> None:
     kube.cluster.bad_images.add("example.com/missing:1")
     job = submit({"run": "true", "resources": {"cloud": "kubernetes"}, "kubernetes": {"image": "example.com/missing:1"},
