@@ -60,3 +60,31 @@ def test_a_command_that_ended_is_not_lost_with_its_machine(spotrun_cmd: list[str
         if agent.poll() is None:
             agent.kill()
             agent.wait()
+
+
+def test_the_machines_log_is_shipped_as_it_grows_and_kept_without_repeats(spotrun_cmd: list[str],
+                                                                          tmp_path: Path) -> None:
+    """`--log-file` (the AWS boot log): what was there at the start goes before the command runs,
+    the rest after it; a copy kept in pieces (the controller's, across passes) repeats nothing."""
+    store = f"file://{tmp_path / 'store'}"
+    boot = tmp_path / "boot.log"
+    boot.write_text("[spotrun boot] installed\n")
+    done = subprocess.run(
+        [*spotrun_cmd, "exec", "--provider", "none", "--notice-file", str(tmp_path / "n.json"),
+         "--status-store", store, "--log-file", str(boot), "--job-id", "j", "--attempt", "2",
+         "--", "bash", "-c", f"for i in 1 2 3; do echo step $i >> {boot}; done"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    reader = StatusReader(store)
+    kept = tmp_path / "kept.log"
+    kept.write_text("[spotrun boot] installed\n")  # the first piece, kept by an earlier pass
+    asyncio.run(reader.keep_log("j", 2, kept))
+    asyncio.run(reader.keep_log("j", 2, kept))
+    assert kept.read_text() == boot.read_text() == "[spotrun boot] installed\nstep 1\nstep 2\nstep 3\n"
+    assert len(list((tmp_path / "store" / "logs" / "j" / "a000002").iterdir())) == 2  # before and after the command
+
+    refused = subprocess.run([*spotrun_cmd, "exec", "--provider", "none", "--log-file", str(boot), "--", "true"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--log-file needs --status-store" in refused.stderr
+    assert "Traceback" not in refused.stderr

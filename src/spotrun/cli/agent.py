@@ -161,6 +161,12 @@ def exec_(
     status_every: float = typer.Option(
         5.0, "--status-every", parser=duration_arg, help="Heartbeat period of --status-store."
     ),
+    log_file: Path | None = typer.Option(
+        None, "--log-file",
+        help="With --status-store: ship this file (where the machine's output goes) to the store as it "
+        "grows, every heartbeat, on the notice and at the end, so `spotrun logs` has it after the machine "
+        "is gone. The AWS boot script passes its log.",
+    ),
     restart_dir: Path | None = typer.Option(
         None, "--restart-dir",
         help="Also copy earlier attempts' outputs (needs --outputs-dir) into this one directory, newest "
@@ -206,7 +212,9 @@ def exec_(
         if status_store:  # last: its exit record is written once the final sync is done (`ended` before it)
             from spotrun.providers.status import StatusHook
 
-            hooks.append(StatusHook(status_store, job_id, attempt, status_every))
+            hooks.append(StatusHook(status_store, job_id, attempt, status_every, log_file))
+        elif log_file is not None:
+            raise ValueError("--log-file needs --status-store: the log goes where the status record goes")
         code = asyncio.run(_supervise(command, watch, options, hooks))
     except ValueError as exc:
         fail(str(exc))

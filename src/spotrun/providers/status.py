@@ -8,6 +8,10 @@ through the checkpoint store it already writes to (docs/store-format.md, "Status
     status/<job>/a<attempt:06>/ended    created once, the moment the command ends (before the final sync)
     status/<job>/a<attempt:06>/exit     created once, with the exit status (75 = reclaimed), after it
 
+With `--log-file`, the agent also ships its log (the boot script's output: install, setup, the
+job) as it grows, to `logs/<job>/a<attempt:06>/<byte offset:012>`, outside `status/` so the
+pass's LIST stays small; a provider copies it once the attempt ended (`StatusReader.keep_log`).
+
 The heartbeat's age is the object's `last_modified`, so one LIST of `status/` per reconciler
 pass tells a provider every attempt's liveness, notice and exit, whatever the number of jobs;
 only a new `ended` or `exit` object is read (once: it never changes). Every cloud provider (AWS,
@@ -23,6 +27,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from spotrun.notices.base import Notice
 from spotrun.providers.base import ENDED, InstanceState
@@ -31,6 +36,8 @@ log = logging.getLogger("spotrun.status")
 
 VERSION = 1
 PREFIX = "status/"
+LOGS = "logs/"
+LOG_PIECE = 4 << 20  # the most one log object holds: a burst of output is several objects
 HEARTBEAT_S = 5.0
 ENDED_WRITE_S = 5.0  # the most the early word may hold up the final sync, against a store that hangs
 RETAIN_S = 3600.0  # an exit record this old was read by the controller long ago
@@ -40,6 +47,10 @@ def attempt_prefix(job_id: str, attempt: int) -> str:
     return f"{PREFIX}{job_id}/a{attempt:06d}/"
 
 
+def log_prefix(job_id: str, attempt: int) -> str:
+    return f"{LOGS}{job_id}/a{attempt:06d}/"
+
+
 def _doc(**fields: object) -> bytes:
     return json.dumps({"version": VERSION, **fields}, separators=(",", ":")).encode()
 
@@ -47,13 +58,37 @@ def _doc(**fields: object) -> bytes:
 class StatusHook:
     """Agent hook that writes the record; a store outage delays a beat, never the job."""
 
-    def __init__(self, store_url: str, job_id: str, attempt: int, every_s: float = HEARTBEAT_S) -> None:
+    def __init__(self, store_url: str, job_id: str, attempt: int, every_s: float = HEARTBEAT_S,
+                 log_file: Path | None = None) -> None:
         from spotrun.store.backend import Backend
 
         self.backend = Backend(store_url, create=True)
         self.prefix = attempt_prefix(job_id, attempt)
         self.job_id, self.attempt, self.every_s = job_id, attempt, every_s
         self.started_at = time.time()
+        self.log_file, self._shipped = log_file, 0
+
+    async def _ship_log(self) -> None:
+        """What the log gained since the last call, as objects named by their byte offset: a
+        machine that goes takes its disk along, so the log must already be in the store."""
+        if self.log_file is None:
+            return
+        try:
+            size = self.log_file.stat().st_size
+        except OSError:
+            return
+        while self._shipped < size:
+            with open(self.log_file, "rb") as f:
+                f.seek(self._shipped)
+                data = f.read(min(LOG_PIECE, size - self._shipped))
+            if not data:
+                return
+            try:
+                await self.backend.put(f"{log_prefix(self.job_id, self.attempt)}{self._shipped:012d}", data)
+            except Exception as exc:  # noqa: BLE001  the next beat tries again from the same offset
+                log.warning("could not ship the log: %s", exc)
+                return
+            self._shipped += len(data)
 
     async def _put(self, name: str, body: bytes, create: bool = False) -> None:
         try:
@@ -66,14 +101,17 @@ class StatusHook:
 
     async def before_start(self, env: dict[str, str]) -> None:
         await self._beat()  # "agent running", before any restore
+        await self._ship_log()  # the boot so far: install and workdir, where a failed boot would show
 
     async def while_running(self) -> None:
         while True:
             await asyncio.sleep(self.every_s)
             await self._beat()
+            await self._ship_log()
 
     async def on_notice(self, notice: Notice, budget_s: float | None) -> None:
         await self._put("notice", _doc(at=time.time(), action=notice.action, kind=notice.kind.value), create=True)
+        await self._ship_log()
 
     async def command_ended(self, returncode: int) -> None:
         """The early word: a machine reclaimed during the final sync (which may upload gigabytes)
@@ -86,6 +124,7 @@ class StatusHook:
                         ENDED_WRITE_S)
 
     async def after_exit(self, returncode: int) -> None:
+        await self._ship_log()  # before `exit`: a reader that sees the exit finds the whole log
         await self._put("exit", _doc(at=time.time(), returncode=returncode), create=True)
 
 
@@ -129,14 +168,34 @@ class StatusReader:
             elif name == "ended":
                 entry["ended"], entry["ended_at"] = await self._record(obj.key)
         statuses = {key: Status(**fields) for key, fields in found.items()}
-        # Records of attempts that ended long ago go, so the listing stays the size of the fleet.
-        old = [key for k, st in statuses.items() if (at := st.exited_at or st.ended_at) and time.time() - at > RETAIN_S
-               for key in keys[k]]
-        if old:
-            await self.backend.delete(old)
+        # Records (and logs) of attempts that ended long ago go, so the listings stay the size of the fleet.
+        done = [k for k, st in statuses.items() if (at := st.exited_at or st.ended_at) and time.time() - at > RETAIN_S]
+        if done:
+            old = [key for k in done for key in keys[k]]
+            logs = [o.key for job, attempt in done for o in await self.backend.list(log_prefix(job, attempt))]
+            await self.backend.delete(old + logs)
             for key in old:
                 self._records.pop(key, None)
         return statuses
+
+    async def keep_log(self, job_id: str, attempt: int, dest: Path) -> None:
+        """Append to `dest` what the store holds of the attempt's log beyond `dest`'s size."""
+        from spotrun.paths import open_private
+
+        have = dest.stat().st_size if dest.exists() else 0
+        pieces = []
+        for obj in await self.backend.list(log_prefix(job_id, attempt)):
+            name = obj.key.rsplit("/", 1)[-1]
+            if name.isdigit() and int(name) + obj.size > have:
+                pieces.append((int(name), obj.key))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open_private(dest, "ab") as f:
+            for offset, key in sorted(pieces):
+                if offset > have:  # a piece never shipped: what follows would be out of place
+                    break
+                data = await self.backend.get(key) or b""
+                f.write(data[have - offset:])
+                have = offset + len(data)
 
     async def _record(self, key: str) -> tuple[int | None, float | None]:
         """An `ended` or `exit` body: read once, as it never changes."""

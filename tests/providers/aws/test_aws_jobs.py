@@ -58,6 +58,10 @@ async def test_three_reclaims_across_two_zones_end_like_an_uninterrupted_run(
     assert [a["price"] for a in attempts] == [0.041, 0.029] * 2
     assert final["cost"] > 0 and final["on_demand_cost"] > final["cost"]
     assert len(local_aws.runner.reclaims) == 3
+    # Each attempt's log was shipped by its agent to the store and kept by the controller,
+    # though its machine is gone: the boot, and for the last one the job's own output.
+    assert all("[spotrun boot]" in repo.kept_log(job, n).read_text() for n in (1, 2, 3, 4))
+    assert "starting at step" in repo.kept_log(job, 4).read_text()
     # Every instance is gone from EC2's point of view: none left running or billed.
     assert {i["State"]["Name"] for i in ec2_instances(**{"tag:spotrun:job": [job]})} == {"terminated"}
 

@@ -51,7 +51,7 @@ def test_boot_script_is_valid_bash_quotes_everything_and_holds_no_secret() -> No
     script = userdata.render(plan)
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # parses
     assert "export LR='0.1; rm -rf /'" in script
-    assert "--job-id job-1 --attempt 3 --status-store s3://bucket/prefix --signal SIGTERM" in script
+    assert '--job-id job-1 --attempt 3 --status-store s3://bucket/prefix --log-file "$ROOT/boot.log" --signal SIGTERM' in script
     assert "shutdown -h now" in script and "install -q --disable-pip-version-check spotrun==0.1.0" in script
     assert "AWS_SECRET" not in script and "X-Amz-Signature" not in script
     with pytest.raises(ValueError, match="pip:<requirement>"):

@@ -107,6 +107,7 @@ class AwsProvider:
         self._ended_seen: dict[str, float] = {}
         self._wheelhouses: dict[str, str] = {}  # folder -> its tar's key in the store
         self._terminated: set[str] = set()  # seen `terminated` in EC2: final, nothing left to stop
+        self._logged: set[str] = set()  # instances whose log, shipped by the agent to the store, is kept
 
     @property
     def store_url(self) -> str:
@@ -331,7 +332,23 @@ class AwsProvider:
             for raw in raws:
                 inst = self._to_instance(region, raw, statuses)
                 instances[inst.id] = inst
+        ended = [i for i in instances.values() if i.state in ENDED and i.id not in self._logged]
+        await asyncio.gather(*(self._keep_log(i) for i in ended))
         return instances
+
+    def _log_path(self, iid: str) -> str:
+        from spotrun.paths import home
+
+        return str(home() / "aws" / "logs" / f"{iid.replace(':', '_')}.log")
+
+    async def _keep_log(self, inst: Instance) -> None:
+        """The attempt's log (`Instance.log_path`), from the store, once the instance ended; best
+        effort: what the agent could not ship before the machine went is not there."""
+        try:
+            await self._status.keep_log(inst.job_id, inst.attempt, Path(self._log_path(inst.id)))
+        except Exception as exc:  # noqa: BLE001  tried once: a store outage costs this copy, not the pass
+            log.info("no log for %s: %s", inst.id, exc)
+        self._logged.add(inst.id)
 
     async def _status_or_none(self) -> dict[tuple[str, int], Status]:
         try:
@@ -368,7 +385,7 @@ class AwsProvider:
         ended_at = None
         if seen.state in ENDED:
             status = statuses.get((job_id, attempt))
-            ended_at = (status.exited_at if status else None) or self._ended_seen.setdefault(iid, now)
+            ended_at = (status and (status.exited_at or status.ended_at)) or self._ended_seen.setdefault(iid, now)
         price = tags.get(TAG_PRICE)
         return Instance(
             id=iid, token=tags.get(TAG_TOKEN, ""), job_id=job_id, attempt=attempt, state=seen.state,
@@ -376,6 +393,7 @@ class AwsProvider:
             spot=raw.get("InstanceLifecycle") == "spot", zone=raw.get("Placement", {}).get("AvailabilityZone"),
             instance_type=raw.get("InstanceType"), price_per_hour=float(price) if price else None,
             launched_at=launched_at, ended_at=ended_at, returncode=seen.returncode,
+            log_path=self._log_path(iid) if job_id else None,
         )
 
     @staticmethod

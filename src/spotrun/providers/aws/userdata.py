@@ -39,7 +39,7 @@ export TMPDIR="$ROOT/tmp"
 {env}
 export SPOTRUN_SETUP={setup} SPOTRUN_RUN={run}
 "$PY" -m spotrun exec --provider aws ${{SPOTRUN_METADATA_URL:+--metadata-url "$SPOTRUN_METADATA_URL"}} \\
-  --job-id {job_id} --attempt {attempt} --status-store {status_store} {agent_args} \\
+  --job-id {job_id} --attempt {attempt} --status-store {status_store} --log-file "$ROOT/boot.log" {agent_args} \\
   -- bash -c 'if [ -n "$SPOTRUN_SETUP" ]; then bash -c "$SPOTRUN_SETUP" || exit $?; fi; exec bash -c "$SPOTRUN_RUN"'
 """
 

@@ -311,7 +311,7 @@ class KubernetesProvider:
                   ended_at: float | None, **fields: Any) -> Instance:
         ended = None
         if seen.state in ENDED:
-            ended = (status.exited_at if status else None) or ended_at or self._ended_seen.setdefault(iid, now)
+            ended = (status and (status.exited_at or status.ended_at)) or ended_at or self._ended_seen.setdefault(iid, now)
         # The pod's own words (OOMKilled, evicted, reclaimed) whenever it has some; else why the
         # silence ended it (no heartbeat). The agent's exit status speaks for itself.
         detail = reason or (seen.detail if seen.state in ENDED and seen.returncode is None else "")
