@@ -6,6 +6,7 @@ Pass `start_controller=False` when a Reconciler runs in your own process (tests,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -69,6 +70,11 @@ def read_log(db: Database, ref: str, attempt: int | None = None) -> str:
 
 def read_attempt_log(job_id: str, number: int, instance_log: str | None) -> str:
     """The longer of the live instance log and the kept copy (the copy lags by one pass)."""
+    if instance_log:
+        from spotrun.providers.status import watch_log
+
+        with contextlib.suppress(OSError):  # reading matters more than the marker
+            watch_log(instance_log)  # a cloud instance's log is then copied every pass, not only at its end
     texts = []
     for path in (instance_log, repo.kept_log(job_id, number)):
         if path:

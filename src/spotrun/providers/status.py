@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,6 +50,29 @@ def attempt_prefix(job_id: str, attempt: int) -> str:
 
 def log_prefix(job_id: str, attempt: int) -> str:
     return f"{LOGS}{job_id}/a{attempt:06d}/"
+
+
+WATCHED_S = 30.0  # a reader that stopped reading this long ago no longer costs store calls
+
+
+def watch_log(log_path: str) -> None:
+    """Say that someone reads this instance's log now (`spotrun logs -f`, the dashboard): a
+    provider whose log is a copy from the store refreshes it every pass while it is watched,
+    rather than only once the attempt has ended."""
+    from spotrun.paths import open_private
+
+    marker = Path(log_path + ".watch")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    with open_private(marker, "a"):
+        pass
+    os.utime(marker)
+
+
+def watched(log_path: str) -> bool:
+    try:
+        return time.time() - Path(log_path + ".watch").stat().st_mtime < WATCHED_S
+    except OSError:
+        return False
 
 
 def _doc(**fields: object) -> bytes:

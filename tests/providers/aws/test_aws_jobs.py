@@ -10,6 +10,7 @@ from pathlib import Path
 import boto3
 
 from spotrun.controller import repo
+from spotrun.controller.api import read_attempt_log
 from spotrun.controller.db import Database
 from spotrun.controller.demo import read_progress
 from spotrun.emulators.local_aws import LocalAws
@@ -92,9 +93,15 @@ async def test_capacity_refusals_move_to_the_next_zone_then_on_demand(
 
 
 async def test_cancel_terminates_the_instance(db: Database, local_aws: LocalAws, reconciler: object) -> None:
-    job = submit({"run": "sleep 600", "resources": {"cloud": "aws"}})
+    job = submit({"run": "echo hello from the instance; sleep 600", "resources": {"cloud": "aws"}})
     await wait_status(db, job, "RUNNING")
     instance = live_instance(db, job)
+    # While someone reads it (`spotrun logs -f`), the running attempt's log is copied from the
+    # store every pass, not only once the attempt has ended.
+    with db.session() as s:
+        log_path = repo.attempts_of(s, job)[0].instance_log
+    await async_wait_until(lambda: "hello from the instance" in read_attempt_log(job, 1, log_path),
+                           what="the live log of the running attempt")
     repo.request_cancel(db, job)
     await wait_status(db, job, "CANCELLED")
     ec2_id = instance.rpartition(":")[2]

@@ -27,7 +27,7 @@ from spotrun.providers.aws.config import AwsConfig
 from spotrun.providers.aws.prices import SpotPrices, on_demand
 from spotrun.providers.base import ENDED, Instance, InstanceState, LaunchRequest
 from spotrun.providers.listing import SharedListing
-from spotrun.providers.status import Status, StatusReader, outcome
+from spotrun.providers.status import Status, StatusReader, outcome, watched
 
 log = logging.getLogger("spotrun.aws")
 
@@ -333,7 +333,8 @@ class AwsProvider:
                 inst = self._to_instance(region, raw, statuses)
                 instances[inst.id] = inst
         ended = [i for i in instances.values() if i.state in ENDED and i.id not in self._logged]
-        await asyncio.gather(*(self._keep_log(i) for i in ended))
+        live = [i for i in instances.values() if i.state not in ENDED and i.log_path and watched(i.log_path)]
+        await asyncio.gather(*(self._keep_log(i) for i in ended), *(self._keep_log(i, final=False) for i in live))
         return instances
 
     def _log_path(self, iid: str) -> str:
@@ -341,14 +342,16 @@ class AwsProvider:
 
         return str(home() / "aws" / "logs" / f"{iid.replace(':', '_')}.log")
 
-    async def _keep_log(self, inst: Instance) -> None:
-        """The attempt's log (`Instance.log_path`), from the store, once the instance ended; best
-        effort: what the agent could not ship before the machine went is not there."""
+    async def _keep_log(self, inst: Instance, final: bool = True) -> None:
+        """The attempt's log (`Instance.log_path`), from the store: once the instance ended, and
+        every pass before that while someone reads it (`status.watch_log`); best effort: what
+        the agent could not ship before the machine went is not there."""
         try:
             await self._status.keep_log(inst.job_id, inst.attempt, Path(self._log_path(inst.id)))
-        except Exception as exc:  # noqa: BLE001  tried once: a store outage costs this copy, not the pass
+        except Exception as exc:  # noqa: BLE001  a store outage costs this copy, not the pass
             log.info("no log for %s: %s", inst.id, exc)
-        self._logged.add(inst.id)
+        if final:
+            self._logged.add(inst.id)
 
     async def _status_or_none(self) -> dict[tuple[str, int], Status]:
         try:
