@@ -8,7 +8,10 @@ timed run is the whole sweep over `--workers` processes (target: under 60 s on 2
 with the tick solver (the baseline, as before) against the default choice (the segment one).
 `--zones` compares multi-zone markets with their best zone run alone (cost, launches);
 `--zone-subsets` does the same for sub-markets of the five 2023 zones and three jobs.
-`--synthetic N` runs adaptive against UP on N random markets of the property test's generator.
+`--synthetic N` runs adaptive against UP on N random markets of the property test's generator
+(seeds `--seed`..`--seed`+N-1: 0-95 were tuned on, later seeds never were).
+`--gang-pair` runs a two-market 16-node set-up: the bundled 16-node trace beside copies of
+itself shifted in time (the evaluation's two-market 16-node case, which we do not have).
 `--grid` runs the stress grid: d in {0.05, 0.5} h x job fraction in {0.5, 0.95} x C in
 {8, 100} h on every bundled trace long enough for the cell, adaptive's mean cost against UP's
 and both policies' spot use against the optimum's.
@@ -18,7 +21,8 @@ and both policies' spot use against the optimum's.
     .venv/bin/python benchmarks/market_sweep.py --grid [--starts 20]
     .venv/bin/python benchmarks/market_sweep.py --zones [--starts 30]
     .venv/bin/python benchmarks/market_sweep.py --zone-subsets [--starts 100] [--seed 2]
-    PYTHONPATH=. .venv/bin/python benchmarks/market_sweep.py --synthetic 48 [--starts 12]
+    PYTHONPATH=. .venv/bin/python benchmarks/market_sweep.py --synthetic 48 [--starts 12] [--seed 96]
+    .venv/bin/python benchmarks/market_sweep.py --gang-pair [--starts 150]
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ def main() -> None:
     ap.add_argument("--zones", action="store_true", help="multi-zone markets against their best single zone")
     ap.add_argument("--zone-subsets", action="store_true", help="sub-markets of the 2023 zones against their best zone")
     ap.add_argument("--synthetic", type=int, default=0, metavar="N",
-                    help="adaptive vs UP on N random synthetic markets (the property test's generator)")
+                    help="adaptive vs UP on N random synthetic markets (the property test's generator), seeds from --seed")
+    ap.add_argument("--gang-pair", action="store_true", help="two 16-node markets (the gang trace and shifted copies)")
     ap.add_argument("--solver-starts", type=int, default=30, help="--fine: starts per trace for the optimum-alone timing")
     ap.add_argument("--no-sweep", action="store_true", help="--fine: time only the optimum alone")
     args = ap.parse_args()
@@ -66,7 +71,9 @@ def main() -> None:
     if args.zone_subsets:
         return _out(zone_subsets(args.starts, args.seed, args.workers), args.json)
     if args.synthetic:
-        return _out(synthetic_markets(args.synthetic, args.starts, args.workers), args.json)
+        return _out(synthetic_markets(args.synthetic, args.starts, args.workers, args.seed), args.json)
+    if args.gang_pair:
+        return _out(gang_pair(args.starts, args.seed, args.workers), args.json)
 
     job = JobSpec(48 * 3600, 60 * 3600, 0.2 * 3600)
     names = [n for n in bundled() if bundled_kind(n) == "availability"]
@@ -246,17 +253,19 @@ def mean(runs: list) -> float:
     return float(np.mean([r.cost for r in runs]))
 
 
-def synthetic_markets(n: int, starts: int, workers: int) -> dict:
-    """Adaptive against UP on `n` random markets from the property test's generator (seeds 0..n-1)."""
+def synthetic_markets(n: int, starts: int, workers: int, first: int = 0) -> dict:
+    """Adaptive against UP on `n` random markets from the property test's generator (seeds first..first+n-1)."""
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(workers) as pool:
-        rows = list(pool.map(_synthetic_one, range(n), [starts] * n))
+        rows = list(pool.map(_synthetic_one, range(first, first + n), [starts] * n))
     ratios = [r["adaptive / UP cost"] for r in rows]
     summary = [{"what": "markets", "value": n},
                {"what": "markets where adaptive costs > UP + 0.5 %", "value": sum(x > 1.005 for x in ratios)},
                {"what": "worst market, adaptive / UP cost", "value": max(ratios)},
                {"what": "mean over markets, adaptive / UP cost", "value": float(np.mean(ratios))},
+               {"what": "starts where adaptive costs more than UP", "value": sum(r["starts > UP"] for r in rows)},
+               {"what": "starts", "value": n * starts},
                {"what": "deadline misses (adaptive)", "value": sum(r["misses"] for r in rows)}]
     return {"command": " ".join([".venv/bin/python", *sys.argv]),
             "tables": {"Synthetic markets: adaptive vs UP": rows, "Summary": summary}}
@@ -271,7 +280,56 @@ def _synthetic_one(seed: int, starts: int) -> dict:
     return {"seed": seed, "zones": market.zones, "tick s": market.gap_s, "d s": job.changeover_s,
             "C h": job.compute_s / 3600, "C/D": round(job.compute_s / job.deadline_s, 2),
             "adaptive / UP cost": float(np.mean([r.cost for r in ad]) / np.mean([r.cost for r in up])),
+            "starts > UP": sum(a.cost > u.cost + 1e-6 for a, u in zip(ad, up)),
             "misses": sum(not r.met_deadline for r in ad)}
+
+
+GANG_SHIFTS_H = (42, 83, 125, 167, 208, 250)  # hours: the second market is the gang trace this much later
+GANG_JOBS = {"C 48 h, D 60 h, d 0.2 h": (48, 60, 720), "C 48 h, D 60 h, d 0.5 h": (48, 60, 1800),
+             "C 24 h, D 30 h, d 0.5 h": (24, 30, 1800)}
+
+
+def gang_pair(starts: int, seed: int, workers: int) -> dict:
+    """Two 16-node markets: the bundled gang trace and a copy shifted in time, per shift and job.
+
+    A stand-in for the evaluation's two-market 16-node case: each market has the real gang's
+    runs and gaps, and the two are not in step. Cost against UP, spot use against the
+    optimum's, and launches per job (UP, adaptive, the optimum).
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    cells = [(h, j) for h in GANG_SHIFTS_H for j in GANG_JOBS]
+    with ProcessPoolExecutor(workers) as pool:
+        rows = list(pool.map(_gang_cell, cells, [starts] * len(cells), [seed] * len(cells)))
+    summary = [{"what": "markets x jobs", "value": len(rows)},
+               {"what": "worst adaptive / UP cost", "value": max(r["adaptive / UP cost"] for r in rows)},
+               {"what": "mean adaptive / UP cost", "value": float(np.mean([r["adaptive / UP cost"] for r in rows]))},
+               {"what": "mean spot use vs optimum, UP", "value": float(np.mean([r["UP spot vs opt."] for r in rows]))},
+               {"what": "mean spot use vs optimum, adaptive",
+                "value": float(np.mean([r["adaptive spot vs opt."] for r in rows]))},
+               {"what": "deadline misses (adaptive)", "value": sum(r["misses"] for r in rows)}]
+    return {"command": " ".join([".venv/bin/python", *sys.argv]),
+            "tables": {"Two 16-node markets (the gang trace and a shifted copy)": rows, "Summary": summary}}
+
+
+def _gang_cell(cell: tuple[int, str], starts: int, seed: int) -> dict:
+    from spotrun.market.trace import Trace
+
+    hours, label = cell
+    c, dl, d = GANG_JOBS[label]
+    job = JobSpec(c * 3600, dl * 3600, d)
+    gang = resolve(["aws-08-27-2023/*"])[0]
+    shifted = Trace(f"{gang.name}+{hours}h", gang.gap_s, np.roll(gang.available, round(hours * 3600 / gang.gap_s)))
+    market = Market.of([gang, shifted])
+    ticks = market.random_starts(job, starts, seed)
+    by = {p: _run(job, market, p, ticks) for p in ("up", "adaptive", "optimum")}
+    opt_spot = float(np.mean([r.spot_hours for r in by["optimum"]])) or float("nan")
+    return {"shift h": hours, "job": label, "adaptive / UP cost": mean(by["adaptive"]) / mean(by["up"]),
+            "UP spot vs opt.": float(np.mean([r.spot_hours for r in by["up"]])) / opt_spot,
+            "adaptive spot vs opt.": float(np.mean([r.spot_hours for r in by["adaptive"]])) / opt_spot,
+            "launches UP / adaptive / opt.": " / ".join(f"{np.mean([r.changeovers for r in by[p]]):.1f}"
+                                                       for p in ("up", "adaptive", "optimum")),
+            "misses": sum(not r.met_deadline for r in by["adaptive"])}
 
 
 def _grid_cell(cell: tuple[str, float, float, int], starts: int, seed: int) -> dict | None:
