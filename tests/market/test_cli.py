@@ -202,3 +202,9 @@ def test_simulate_refuses_a_multi_node_trace_nobody_sized_and_a_changeover_off_t
     p = run(spotrun_cmd, "simulate", "--traces", "aws-10-26-2022/us-west-2a_k80_1", "--changeover", "7s",
             "--compute", "8h", "--starts", "1", ok=False)
     assert p.returncode == 2 and "needs a 1s grid" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_simulate_help_names_the_public_layout(spotrun_cmd):
+    """The help is rendered as Markdown, which would swallow `<N>` as a tag."""
+    p = run(spotrun_cmd, "simulate", "--help", env={"COLUMNS": "300"})
+    assert "<kind>/<N>-node/<date>/<zone>.json" in p.stdout

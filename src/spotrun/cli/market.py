@@ -71,7 +71,7 @@ def simulate(
     nodes: Optional[int] = typer.Option(
         None, "--nodes", min=1,
         help="Gang size: spot counts only when this many instances are available. Default: the trace's "
-             "metadata.nodes, else its <kind>/<N>-node/<date>/<zone>.json folder, else 1.",
+             "metadata.nodes, else its `<kind>/<N>-node/<date>/<zone>.json` folder, else 1.",
     ),
     on_demand_price: float = typer.Option(DEFAULT_ON_DEMAND_PRICE, "--on-demand-price", help="On-demand $/h."),
     zones: bool = typer.Option(False, "--zones", help="Treat the traces as zones of one market the job may hop between."),
