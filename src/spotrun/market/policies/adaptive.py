@@ -10,15 +10,18 @@ last word, so it never misses a deadline on-demand could meet.
   changeovers still holds `od_exit` x the slack of a job on UP's line; and the two
   changeovers are at most `stake` x the slack (with tight slack, lag is paid at the end on
   on-demand while UP rides spot). What is left of a run is judged from its age and the runs
-  seen (`residual_s`), shrunk towards a short prior.
+  seen (`residual_s`), shrunk towards a prior of 2 h.
 - The ledger (the hedge): the policy replays UP itself on the same observations (a shadow
   job: UP's decisions, progress and bill, which need nothing a live job does not see) and
-  keeps the score: UP's bill minus its own, plus the compute it is ahead of UP valued at the
-  on-demand price (the most a second of lag can cost to make up). A deviation is taken only
-  while the score, after the deviation's worst case (the run dies after one tick), stays
-  above -`budget` x a floor of UP's bill. Deviations that lose stop by themselves, and a job
-  that has not gained never risks more than the budget on one: where the estimate is wrong
-  the policy falls back to UP's rules.
+  keeps the score: UP's bill minus its own, less the compute it lags UP valued at the
+  on-demand price. A deviation is taken only while the score, after the deviation's worst
+  case (the run dies after one tick), stays above -`budget` x a floor of UP's bill.
+  Deviations that lose stop by themselves, and a job that has not gained never risks more
+  than the budget on one.
+- Behind the shadow (after a failed deviation) it does what the shadow does, not what UP's
+  rules say on its own state (`follow`), and makes up the lag on on-demand while the shadow
+  waits for spot: UP's rules on a lagging state meet the Safety Net first and finish on
+  on-demand while UP rides spot, which costs far more than the lag at on-demand price.
 - Spot dearer than on-demand is never launched; with several zones it launches in the
   cheapest zone with capacity; among equals UP's choice, the first, unless the evidence
   (hours of spot per reclaim, in the market's history and since the start) says clearly that
@@ -44,13 +47,19 @@ class Adaptive:
     def __init__(
         self,
         od_exit: float = 0.6,
-        prior_lifetime_s: float = 3600,
+        prior_lifetime_s: float = 7200,
         prior_weight: float = 1.0,
         margin: float = 1.5,
         budget: float = 0.015,
         stake: float = 0.2,
         evidence: float = 2.0,
+        catch_lag: float = 0.5,
+        catch_gap: float = 2.0,
+        catch_now: float = 0.75,
     ):
+        self.catch_lag = catch_lag
+        self.catch_gap = catch_gap
+        self.catch_now = catch_now
         self.evidence = evidence
         self.stake = stake
         self.od_exit = od_exit
@@ -66,6 +75,7 @@ class Adaptive:
         self.baseline.reset(job)
         self.shadow_run = Run(job.compute_s)  # UP's own job, replayed on our observations
         self.own_run = Run(job.compute_s)  # our own bill, from our decisions
+        self.gap_s = 0.0  # how long no zone has had spot
 
     def warm(self, past: np.ndarray, gap_s: float) -> None:
         """Learn the zones' runs from the market before the start ((ticks, zones) bool), when known.
@@ -88,6 +98,7 @@ class Adaptive:
         self.last = (False,) * zones
 
     def _observe(self, obs: Observation) -> None:
+        self.gap_s = 0.0 if any(obs.available) else self.gap_s + obs.tick_s
         if len(self.age_s) != len(obs.available):
             self._start(len(obs.available))
             self.last = obs.available
@@ -115,10 +126,8 @@ class Adaptive:
         return (sum(longer) + w * self.prior_lifetime_s) / (len(longer) + w)
 
     def score(self, obs: Observation) -> float:
-        """$ ahead of UP so far: UP's bill minus ours, plus the compute we are ahead, at on-demand price."""
-        up = self.shadow_run
-        ahead_s = (up.remaining + up.overhead) - (obs.remaining_compute_s + obs.overhead_left_s)
-        return up.cost - self.own_run.cost + ahead_s * obs.on_demand_price / 3600
+        """$ ahead of UP so far: UP's bill minus ours, less the compute we lag it, at on-demand price."""
+        return self.shadow_run.cost - self.own_run.cost - self.lag_s(obs) * obs.on_demand_price / 3600
 
     def decide(self, obs: Observation) -> Decision:
         self._observe(obs)
@@ -131,7 +140,10 @@ class Adaptive:
         seen = obs if cheap == obs.available else obs._replace(available=cheap)  # dearer spot: never launched
         choice = self.baseline.decide(seen)
         # Until the first deviation both jobs are in one state, so UP's answer is the shadow's (UP keeps no state).
-        up_choice = choice if seen is obs and up_obs == obs else self.baseline.decide(up_obs)
+        together = seen is obs and up_obs == obs
+        up_choice = choice if together else self.baseline.decide(up_obs)
+        if not together and up.finish_s is None and self.lag_s(obs) > 0:
+            choice = self.follow(obs, seen, up_choice, choice)
         if choice.kind == SPOT_KIND and obs.state.kind != SPOT_KIND:
             choice = spot(self.best_zone(seen))
         elif obs.state.kind == ON_DEMAND_KIND and choice == ON_DEMAND and any(cheap):
@@ -165,11 +177,39 @@ class Adaptive:
             up.ride(ticks, obs.tick_s, price * ticks * obs.tick_s / 3600)
         self.own_run.ride(ticks, obs.tick_s, cost)
         span = ticks * obs.tick_s
+        self.gap_s = 0.0 if any(obs.available) else self.gap_s + span
         for z, a in enumerate(obs.available):
             if a:
                 self.age_s[z] += span
                 self.held_s[z] += span
         return True
+
+    def lag_s(self, obs: Observation) -> float:
+        """How far behind the shadow UP the job is, in compute and changeover still to do."""
+        up = self.shadow_run
+        return obs.remaining_compute_s + obs.overhead_left_s - up.remaining - up.overhead
+
+    def follow(self, obs: Observation, seen: Observation, up_choice: Decision, own: Decision) -> Decision:
+        """Behind the shadow UP, do what it does rather than what UP's rules say on the job's own state.
+
+        A job that lags after a failed deviation and applies UP's rules to its own state meets
+        its Safety Net first, and finishes on on-demand while UP rides spot to the end (+31 %
+        on one start at the paper set-up). So it keeps a spot run that has capacity and takes
+        spot where the shadow does. Lag shrinks only while the shadow makes no progress, so it
+        makes up a lag of `catch_lag` x d or more on on-demand while the shadow waits for spot
+        and its own slack is below the line's: at once below `catch_now` x the line's, else
+        once no zone has had spot for `catch_gap` x d (catching up in shorter gaps pays a
+        changeover for little work).
+        """
+        if obs.state.kind == SPOT_KIND and seen.available[obs.state.zone]:
+            return obs.state
+        if up_choice.kind == SPOT_KIND:
+            return up_choice if seen.available[up_choice.zone] else own
+        d, slack, line = obs.changeover_s, obs.slack_s, self.line_slack(obs)
+        urgent = obs.state == ON_DEMAND or self.gap_s >= self.catch_gap * d or slack < self.catch_now * line
+        if up_choice == IDLE and self.lag_s(obs) >= self.catch_lag * d and slack < line and urgent:
+            return ON_DEMAND
+        return up_choice
 
     def allowance(self, obs: Observation) -> float:
         """The most the ledger may stand below UP: `budget` x a floor of UP's final bill.
