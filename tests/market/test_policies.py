@@ -215,7 +215,7 @@ class Recorded(Adaptive):
         return choice
 
 
-@pytest.mark.parametrize("seed", [4, 8, 10, 11, 21, 23])  # markets where deviations fail (0-3 have none)
+@pytest.mark.parametrize("seed", [4, 8, 10, 11, 21, 23])  # markets where the job is often behind (0-3: at most once)
 def test_a_job_behind_its_shadow_does_what_the_shadow_does(seed):
     """Property: once a failed deviation leaves the job behind its shadow UP, it keeps a spot run
     that has capacity, takes spot where the shadow does, waits where it waits, and runs on-demand
