@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -30,3 +32,19 @@ def test_demo_without_a_script_says_what_to_do(spotrun_cmd: list[str], spotrun_h
     assert proc.returncode == 2
     message = " ".join(proc.stderr.split())  # the console wraps long lines
     assert "not found; pass --script PATH" in message and "Traceback" not in message
+
+
+def test_demo_prints_whole_tables_into_a_pipe(spotrun_cmd: list[str], spotrun_home: Path, tmp_path: Path) -> None:
+    """The README's first command as CI runs it: no terminal, no COLUMNS; no header or cell is cut to "…"."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run(
+        [*spotrun_cmd, "demo", "--steps", "300", "--step-time", "15ms", "--reclaim-every", "3s",
+         "--lead-time", "1s", "--home", str(tmp_path / "demo-home")],  # 300 steps: the README's width
+        capture_output=True, text=True, timeout=280, env=env, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "…" not in proc.stdout, proc.stdout
+    header = next(line for line in proc.stdout.splitlines() if "capacity" in line)
+    assert [c.strip() for c in header.strip("┃").split("┃")] == [
+        "capacity", "status", "attempt", "step", "reclaims", "lost", "cost", "saved"]
+    assert proc.stdout.count("│ 300/300 ") == 2 and re.search(r"same final weights +│ yes", proc.stdout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -13,11 +14,19 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+# Width of tables in a pipe or log file when COLUMNS is unset: Rich would assume 80 and cut
+# the headers and cells of wider tables (`spotrun jobs`, the demo's) to "…".
+PIPE_WIDTH = 200
+
+
 def _console(stderr: bool = False) -> Console:
-    """Rich, but never hard-wrapping a line that is not going to a terminal: a pipe or a log
-    file gets each error and path on one line, whatever width Rich assumes (80 without COLUMNS)."""
+    """Rich, but never hard-wrapping a line or cutting a table that is not going to a terminal:
+    a pipe or a log file gets each error and path on one line and every table whole."""
     made = Console(stderr=stderr)
-    made.soft_wrap = not made.is_terminal
+    if not made.is_terminal:
+        made.soft_wrap = True
+        if "COLUMNS" not in os.environ:
+            made.width = PIPE_WIDTH
     return made
 
 
